@@ -1,0 +1,1 @@
+"""Billing: money, rate tables and the PostgreSQL credit ledger."""

@@ -1,0 +1,1 @@
+"""Metering: SSE parsing, usage extraction per wire format, tiktoken counting."""

@@ -1,0 +1,1 @@
+"""The aiohttp gateway: routes, auth, upstream clients, SSE relay and the CLI."""

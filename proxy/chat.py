@@ -1,0 +1,251 @@
+"""POST /v1/chat/completions: validate, hold, forward, relay while metering, settle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from metering.openai_chat import ChatStreamMeter, usage_from_chat_body
+from metering.sse import SSEParser
+from metering.usage import NO_USAGE, Usage
+from proxy.errors import APIError, bad_request, upstream_error
+from proxy.gateway import GATEWAY
+from proxy.metered import MeteredCall, Outcome
+from proxy.upstream import UPSTREAM_FAILURES, UpstreamReply
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit_mb = request.app[GATEWAY].config.server.max_body_bytes / (1024 * 1024)
+        raise APIError(
+            413, "request_too_large", f"The request body is larger than {limit_mb:g} MB."
+        ) from None
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise bad_request(f"The body is not valid JSON: {err.args[0]}") from None
+    if not isinstance(payload, dict):
+        raise bad_request("The body must be a JSON object.")
+    return payload
+
+
+def _positive_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_request(f"'{key}' must be a positive integer.", param=key)
+    return value
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    owner = await gateway.authenticate(request)
+    payload = await read_json_object(request)
+
+    name = payload.get("model")
+    if not isinstance(name, str) or not name:
+        raise bad_request("'model' is required: the name of a model.", param="model")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' is required: a non-empty list.", param="messages")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be true or false.", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object.", param="stream_options")
+    model = gateway.config.models.get(name)
+    if model is None:
+        raise APIError(404, "model_not_found", f"The model {name!r} does not exist.", param="model")
+    upstream = gateway.upstreams[model.provider]
+    if not upstream.available:
+        raise APIError(
+            503,
+            "provider_unavailable",
+            f"The model {name!r} is not available: its provider is not configured.",
+            type="service_unavailable",
+        )
+    max_output = (
+        _positive_int(payload, "max_completion_tokens")
+        or _positive_int(payload, "max_tokens")
+        or model.max_output_tokens
+    )
+    choices = _positive_int(payload, "n") or 1
+
+    counter = gateway.counter(model)
+    call = MeteredCall(gateway, owner, model, counter.count_messages(messages))
+    await call.hold(max_output * choices)
+
+    # Past the hold: every way out of here settles it, once.
+    usage, outcome, status = NO_USAGE, Outcome.CLIENT_CLOSED, 499
+    reply: UpstreamReply | None = None
+    strip_usage = False
+    try:
+        payload["model"] = model.upstream
+        if stream and not (options or {}).get("include_usage"):
+            # Ask for the authoritative usage, and hide that chunk from this caller.
+            payload["stream_options"] = {**(options or {}), "include_usage": True}
+            strip_usage = True
+        try:
+            reply = await upstream.chat(orjson.dumps(payload), payload)
+        except APIError as err:
+            outcome, status = Outcome.UPSTREAM_ERROR, err.status
+            raise
+        if reply.status != 200:
+            outcome, status = Outcome.UPSTREAM_ERROR, reply.status
+            return await _upstream_refusal(reply, call)
+        if not stream:
+            body = await reply.read()
+            usage = usage_from_chat_body(_json_or_none(body), counter, call.prompt_tokens)
+            outcome, status = Outcome.OK, 200
+            call.mark_first_byte()
+            return web.Response(
+                body=body,
+                content_type="application/json",
+                headers={"X-Request-Id": call.request_id},
+            )
+        relay = StreamRelay(request, call, reply, ChatStreamMeter(counter), strip_usage)
+        status = 200
+        try:
+            return await relay.run()
+        finally:
+            usage, outcome = relay.usage(), relay.outcome
+    except UPSTREAM_FAILURES as err:
+        outcome, status = Outcome.UPSTREAM_ERROR, 502
+        raise upstream_error(f"The provider failed: {type(err).__name__}.") from None
+    finally:
+        if reply is not None:
+            reply.close()
+        call.finish(usage, outcome, status)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def _upstream_refusal(reply: UpstreamReply, call: MeteredCall) -> web.Response:
+    """The provider said no before any output: its error goes to the caller, unchanged
+    when it is an OpenAI-shaped error, and nothing is charged."""
+    body = await reply.read()
+    parsed = _json_or_none(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return web.Response(
+            status=reply.status,
+            body=body,
+            content_type="application/json",
+            headers={"X-Request-Id": call.request_id},
+        )
+    raise upstream_error(f"The provider answered HTTP {reply.status}.")
+
+
+class StreamRelay:
+    """Passes an upstream SSE stream to the caller chunk by chunk, metering on the side."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        call: MeteredCall,
+        reply: UpstreamReply,
+        meter: ChatStreamMeter,
+        strip_usage: bool,
+    ) -> None:
+        self.request = request
+        self.call = call
+        self.reply = reply
+        self.meter = meter
+        self.strip_usage = strip_usage
+        self.outcome = Outcome.CLIENT_CLOSED  # until the stream is seen to end otherwise
+
+    def usage(self) -> Usage:
+        return self.meter.usage(self.call.prompt_tokens)
+
+    async def run(self) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": self.reply.content_type,
+                "Cache-Control": "no-cache",
+                "X-Request-Id": self.call.request_id,
+            }
+        )
+        await response.prepare(self.request)
+        parser = SSEParser()
+        meter, call = self.meter, self.call
+        covered = call.output_tokens_covered()
+        chunks = aiter(self.reply.chunks())
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except UPSTREAM_FAILURES as err:
+                await self._end_with_error(
+                    response,
+                    upstream_error(
+                        f"The provider's stream broke off: {type(err).__name__}.",
+                        "upstream_timeout"
+                        if isinstance(err, asyncio.TimeoutError)
+                        else "upstream_error",
+                    ),
+                    Outcome.UPSTREAM_ERROR,
+                )
+                return response
+            events = parser.feed(chunk)
+            if self.strip_usage:
+                # Event by event, so the usage chunk we asked for can be left out exactly.
+                out = b"".join(
+                    [e.raw for e in events if e.data is None or not meter.observe(e.data)]
+                )
+            else:
+                for event in events:
+                    if event.data is not None:
+                        meter.observe(event.data)
+                out = chunk
+            if out:
+                call.mark_first_byte()
+                try:
+                    await response.write(out)
+                except ConnectionResetError:
+                    return response  # the caller went away; outcome stays client_closed
+            if meter.output_tokens > covered:
+                extended = await call.cover(meter.output_tokens)
+                if extended is None:
+                    await self._end_with_error(
+                        response,
+                        APIError(
+                            402,
+                            "insufficient_credits",
+                            "The stream was stopped: the account ran out of credits.",
+                            type="insufficient_credits",
+                        ),
+                        Outcome.INSUFFICIENT_CREDITS,
+                    )
+                    return response
+                covered = extended
+        tail = parser.pending()
+        try:
+            if self.strip_usage and tail:
+                await response.write(tail)
+            await response.write_eof()
+        except ConnectionResetError:
+            return response
+        self.outcome = Outcome.OK
+        return response
+
+    async def _end_with_error(
+        self, response: web.StreamResponse, error: APIError, outcome: Outcome
+    ) -> None:
+        self.outcome = outcome
+        try:
+            await response.write(error.sse_event())
+            await response.write_eof()
+        except ConnectionResetError:
+            pass

@@ -1,0 +1,282 @@
+"""config.yaml: loaded, interpolated and validated once, at start-up.
+
+A bad file stops the program with the file, the key path and the reason. Strings may use
+`${VAR}` and `${VAR:-default}`. Decimals load as `Decimal`, never as floats, so rates are
+exactly what the file says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from billing.money import credits_to_micro
+from billing.rates import ModelRate, TextRate
+from metering.tokens import ENCODING_NAMES, encoding_for_model
+
+PROVIDER_TYPES = ("openai", "demo")
+MODEL_TYPES = ("text",)
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MISSING: Any = object()
+
+
+class ConfigError(Exception):
+    def __init__(self, file: Path | str, path: str, reason: str) -> None:
+        super().__init__(f"{file}: {path or '(top level)'}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str
+    port: int
+    max_body_bytes: int
+    hold_ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str  # empty: the embedded server in embedded_dir
+    embedded_dir: Path
+    pool_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsConfig:
+    starter: int  # micro-credits granted to each new account
+    purchase_link: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str
+    api_key: str
+    connect_timeout: float
+    read_timeout: float
+    chunk_delay: float  # demo: seconds between streamed chunks
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    provider: str
+    upstream: str
+    type: str
+    rate: ModelRate
+    encoding: str
+    max_output_tokens: int  # the hold's output estimate when a request sets none
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    database: DatabaseConfig
+    credits: CreditsConfig
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+
+
+class _DecimalLoader(yaml.SafeLoader):
+    """SafeLoader that reads decimals as Decimal: 0.1 stays exactly one tenth."""
+
+
+def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    try:
+        return Decimal(str(text).replace("_", ""))
+    except InvalidOperation:
+        return loader.construct_yaml_float(node)
+
+
+_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+
+
+class _Section:
+    """A mapping in the file, which knows its key path for error messages."""
+
+    def __init__(self, file: Path, path: str, data: Any) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(file, path, f"expected a mapping, got {type(data).__name__}")
+        self.file, self.path, self.data = file, path, data
+        self._read: set[str] = set()
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.key_path(key), reason)
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        self._read.add(key)
+        if key in self.data and self.data[key] is not None:
+            return self.data[key]
+        if default is _MISSING:
+            raise self.error(key, "required")
+        return default
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.file, self.key_path(key), self.raw(key, {}))
+
+    def string(self, key: str, default: Any = _MISSING) -> str:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+            raise self.error(key, f"expected a string, got {type(value).__name__}")
+        return str(value)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def number(self, key: str, default: Any, *, minimum: float, integer: bool = False) -> Any:
+        value = self.raw(key, default)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = Decimal(str(value).strip())
+            if integer and number != number.to_integral_value():
+                raise ValueError
+        except (InvalidOperation, ValueError):
+            kind = "a whole number" if integer else "a number"
+            raise self.error(key, f"expected {kind}, got {value!r}") from None
+        if number < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value!r}")
+        return int(number) if integer else float(number)
+
+    def credits(self, key: str, default: Any) -> int:
+        try:
+            return credits_to_micro(self.raw(key, default))
+        except ValueError as err:
+            raise self.error(key, str(err)) from None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self._read)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _interpolate(value: Any, file: Path, path: str) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is None:
+                raise ConfigError(file, path, f"environment variable {name} is not set")
+            return default
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, file, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, file, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("CREDITGATE_CONFIG") or "config.yaml")
+
+
+def load_config(path: Path | str) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as err:
+        raise ConfigError(file, "", f"cannot read: {err.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_DecimalLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(file, "", f"not valid YAML: {err}") from None
+    top = _Section(file, "", _interpolate(data, file, ""))
+    base_dir = file.resolve().parent
+
+    server = top.section("server")
+    server_config = ServerConfig(
+        host=server.string("host", "127.0.0.1"),
+        port=server.number("port", 8080, minimum=0, integer=True),
+        max_body_bytes=int(server.number("max_body_mb", 32, minimum=0.001) * 1024 * 1024),
+        hold_ttl_seconds=server.number("hold_ttl_seconds", 120, minimum=10),
+    )
+    server.finish()
+
+    database = top.section("database")
+    database_config = DatabaseConfig(
+        url=database.string("url", ""),
+        embedded_dir=base_dir / database.string("embedded_dir", "var/pgdata"),
+        pool_size=database.number("pool_size", 10, minimum=1, integer=True),
+    )
+    database.finish()
+
+    credits = top.section("credits")
+    credits_config = CreditsConfig(
+        starter=credits.credits("starter", 0),
+        purchase_link=credits.string("purchase_link", ""),
+    )
+    credits.finish()
+
+    providers = {name: _provider(top, name) for name in top.section("providers").data}
+    top.raw("providers", {})
+    models = {name: _model(top, name, providers) for name in top.section("models").data}
+    top.raw("models", {})
+    top.finish()
+    return Config(file, server_config, database_config, credits_config, providers, models)
+
+
+def _provider(top: _Section, name: str) -> ProviderConfig:
+    section = top.section("providers").section(name)
+    kind = section.choice("type", PROVIDER_TYPES)
+    config = ProviderConfig(
+        name=name,
+        type=kind,
+        base_url=section.string("base_url", "" if kind == "demo" else _MISSING).rstrip("/"),
+        api_key=section.string("api_key", ""),
+        connect_timeout=section.number("connect_timeout", 10, minimum=0.001),
+        read_timeout=section.number("read_timeout", 300, minimum=0.001),
+        chunk_delay=section.number("chunk_delay_ms", 20 if kind == "demo" else 0, minimum=0) / 1000,
+    )
+    section.finish()
+    return config
+
+
+def _model(top: _Section, name: str, providers: dict[str, ProviderConfig]) -> ModelConfig:
+    section = top.section("models").section(name)
+    provider = section.string("provider")
+    if provider not in providers:
+        raise section.error("provider", f"no provider named {provider!r} under providers")
+    upstream = section.string("upstream", name)
+    rates = {}
+    for side in ("cost", "price"):
+        try:
+            rates[side] = TextRate.parse(section.raw(side))
+        except KeyError as err:
+            raise section.error(f"{side}.{err.args[0]}", "required") from None
+        except ValueError as err:
+            raise section.error(side, str(err)) from None
+    encoding = section.string("encoding", encoding_for_model(upstream))
+    if encoding not in ENCODING_NAMES:
+        raise section.error("encoding", f"{encoding!r} is not one of {sorted(ENCODING_NAMES)}")
+    config = ModelConfig(
+        name=name,
+        provider=provider,
+        upstream=upstream,
+        type=section.choice("type", MODEL_TYPES, "text"),
+        rate=ModelRate(cost=rates["cost"], price=rates["price"]),
+        encoding=encoding,
+        max_output_tokens=section.number("max_output_tokens", 4096, minimum=1, integer=True),
+    )
+    section.finish()
+    return config

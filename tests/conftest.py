@@ -1,0 +1,168 @@
+"""Real parts for every test: a PostgreSQL database, a fake provider on loopback, the gateway.
+
+The database is the server named by DATABASE_URL, else an embedded one started for the
+session; either way the tests get a database of their own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from billing.database import start_embedded
+from billing.ledger import Ledger
+from billing.money import credits_to_micro
+from proxy.app import create_app
+from proxy.config import load_config
+from proxy.gateway import GATEWAY, Gateway
+from tests.fake_upstream import FakeUpstream
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _admin(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return os.environ.get("DATABASE_URL") or start_embedded(
+        tmp_path_factory.mktemp("pgdata", numbered=True)
+    )
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    name = f"creditgate_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    yield _with_database(server_url, name)
+    asyncio.run(_admin(server_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+CONFIG_TEMPLATE = """
+server: {{host: 127.0.0.1, port: 0, max_body_mb: 1, hold_ttl_seconds: 60}}
+database: {{url: "{database_url}"}}
+credits: {{starter: "0", purchase_link: "https://buy.stripe.com/test_abc"}}
+providers:
+  fake: {{type: openai, base_url: "{upstream_url}/v1", api_key: sk-fake, read_timeout: 2}}
+  keyless: {{type: openai, base_url: "{upstream_url}/v1", api_key: ""}}
+  local: {{type: demo, chunk_delay_ms: 0}}
+models:
+  gpt-4o-mini:
+    provider: fake
+    upstream: gpt-4o-mini-2024-07-18
+    cost:  {{input: "0.15", output: "0.60"}}
+    price: {{input: "0.30", output: "1.20"}}
+  pricey:
+    provider: fake
+    upstream: gpt-4o
+    cost:  {{input: "2.5", output: "10"}}
+    price: {{input: "3000", output: "12000"}}
+    max_output_tokens: 100
+  legacy:
+    provider: fake
+    upstream: gpt-3.5-turbo
+    cost:  {{input: "0.5", output: "1.5"}}
+    price: {{input: "1.1", output: "3.3"}}
+  offline:
+    provider: keyless
+    cost:  {{input: "1", output: "1"}}
+    price: {{input: "1", output: "1"}}
+  demo:
+    provider: local
+    cost:  {{input: "0", output: "0"}}
+    price: {{input: "1", output: "2"}}
+"""
+
+
+@dataclass
+class Harness:
+    """A running gateway in front of a fake provider."""
+
+    server: TestServer
+    upstream: FakeUpstream
+    config_path: Path
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.server.app[GATEWAY]
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.gateway.ledger
+
+    @property
+    def base_url(self) -> str:
+        return str(self.server.make_url("/v1"))
+
+    async def account(self, credits: str = "10") -> tuple[int, str]:
+        """A new account with `credits`; returns its id and API key."""
+        return await self.ledger.create_account(
+            f"acct-{uuid.uuid4().hex[:10]}", credits=credits_to_micro(credits)
+        )
+
+    async def balance(self, account_id: int) -> tuple[int, int]:
+        row = await self.ledger.pool.fetchrow(
+            "SELECT balance, held FROM accounts WHERE id = $1", account_id
+        )
+        return row["balance"], row["held"]
+
+    async def charges(self, account_id: int) -> list[asyncpg.Record]:
+        return await self.ledger.pool.fetch(
+            "SELECT * FROM charges WHERE account_id = $1 ORDER BY ended_at", account_id
+        )
+
+    async def settled(self) -> None:
+        """Wait until every settlement in flight has been written."""
+        await self.gateway.inflight.drain()
+
+    async def assert_invariant(self, account_id: int) -> None:
+        """DESIGN.md: balance = grants - charges and held = open holds, for this account."""
+        row = await self.ledger.pool.fetchrow(
+            """SELECT a.balance, a.held,
+                 COALESCE((SELECT sum(amount) FROM credit_grants g WHERE g.account_id = a.id), 0)
+                   - COALESCE((SELECT sum(credits) FROM charges c WHERE c.account_id = a.id), 0)
+                   AS ledger_balance,
+                 COALESCE((SELECT sum(amount) FROM holds h WHERE h.account_id = a.id), 0)
+                   AS open_holds
+               FROM accounts a WHERE a.id = $1""",
+            account_id,
+        )
+        assert row["balance"] == row["ledger_balance"]
+        assert row["held"] == row["open_holds"]
+
+
+@pytest.fixture
+async def upstream(aiohttp_server) -> FakeUpstream:
+    fake = FakeUpstream()
+    fake.server = await aiohttp_server(fake.app())
+    return fake
+
+
+@pytest.fixture
+async def harness(aiohttp_server, upstream: FakeUpstream, database_url: str, tmp_path: Path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        CONFIG_TEMPLATE.format(
+            database_url=database_url,
+            upstream_url=str(upstream.server.make_url("")).rstrip("/"),
+        )
+    )
+    server = await aiohttp_server(create_app(load_config(config_path)))
+    return Harness(server, upstream, config_path)

@@ -35,9 +35,7 @@ class FakeUpstream:
     server: Any = None  # the TestServer it runs in
 
     def usage(self) -> dict[str, int]:
-        completion = (
-            len(self.pieces) if self.completion_tokens is None else self.completion_tokens
-        )
+        completion = len(self.pieces) if self.completion_tokens is None else self.completion_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -58,15 +56,21 @@ class FakeUpstream:
         self.requests.append(payload)
         self.headers.append(dict(request.headers))
         if self.status != 200:
-            return web.Response(status=self.status, body=self.error_body,
-                                content_type="application/json")
+            return web.Response(
+                status=self.status, body=self.error_body, content_type="application/json"
+            )
         head = {"id": "chatcmpl-fake", "created": 1, "model": payload["model"]}
         if not payload.get("stream"):
             body = {
                 **head,
                 "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "".join(self.pieces)}}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "".join(self.pieces)},
+                    }
+                ],
             }
             if self.report_usage:
                 body["usage"] = self.usage()
@@ -75,15 +79,30 @@ class FakeUpstream:
         want_usage = (payload.get("stream_options") or {}).get("include_usage")
         chunk_head = {**head, "object": "chat.completion.chunk"}
         extra = {"usage": None} if want_usage else {}
-        events = [self._event({**chunk_head, **extra, "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}}]})]
+        events = [
+            self._event(
+                {
+                    **chunk_head,
+                    **extra,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+                }
+            )
+        ]
         events += [
-            self._event({**chunk_head, **extra, "choices": [
-                {"index": 0, "delta": {"content": piece}}]})
+            self._event(
+                {**chunk_head, **extra, "choices": [{"index": 0, "delta": {"content": piece}}]}
+            )
             for piece in self.pieces
         ]
-        events.append(self._event({**chunk_head, **extra, "choices": [
-            {"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        events.append(
+            self._event(
+                {
+                    **chunk_head,
+                    **extra,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
+            )
+        )
         if want_usage and self.report_usage:
             events.append(self._event({**chunk_head, "choices": [], "usage": self.usage()}))
         events.append(b"data: [DONE]" + self.line_end + self.line_end)

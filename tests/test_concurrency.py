@@ -40,8 +40,12 @@ async def test_200_streams_on_a_balance_that_covers_20(harness):
         async with session.post(
             f"{harness.base_url}/chat/completions",
             headers={"Authorization": f"Bearer {key}"},
-            json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True,
-                  "max_tokens": output_tokens},
+            json={
+                "model": "gpt-4o-mini",
+                "messages": MESSAGES,
+                "stream": True,
+                "max_tokens": output_tokens,
+            },
         ) as response:
             body = await response.read()
             if response.status == 200:
@@ -64,8 +68,12 @@ async def test_200_streams_on_a_balance_that_covers_20(harness):
     balance, held = await harness.balance(account_id)
     assert balance == start - served * per_stream
     assert held == 0
-    assert await harness.ledger.pool.fetchval(
-        "SELECT count(*) FROM holds WHERE account_id = $1", account_id) == 0
+    assert (
+        await harness.ledger.pool.fetchval(
+            "SELECT count(*) FROM holds WHERE account_id = $1", account_id
+        )
+        == 0
+    )
     charges = await harness.charges(account_id)
     assert len(charges) == served
     assert {c["credits"] for c in charges} == {per_stream}

@@ -61,8 +61,11 @@ def test_interpolation_defaults_and_exact_decimals(tmp_path, monkeypatch):
         (MINIMAL + "server: {port: eighty}\n", "server.port", "whole number"),
         (MINIMAL + "server: {colour: red}\n", "server.colour", "unknown key"),
         (MINIMAL + "credits: {starter: '0.0000001'}\n", "credits.starter", "micro-credit"),
-        (MINIMAL.replace("    provider: p", "    provider: p\n    encoding: r50k"),
-         "models.m.encoding", "not one of"),
+        (
+            MINIMAL.replace("    provider: p", "    provider: p\n    encoding: r50k"),
+            "models.m.encoding",
+            "not one of",
+        ),
         ("models: [1, 2]\n", "models", "expected a mapping"),
         ("a: [unclosed\n", "(top level)", "not valid YAML"),
     ],

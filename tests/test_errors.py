@@ -34,9 +34,18 @@ async def _post(harness, body: bytes | None, headers: dict[str, str]) -> tuple[i
         (b"{" + b'"pad": "' + b"x" * (1024 * 1024) + b'"}', 413, "request_too_large"),
     ],
     ids=[
-        "invalid-json", "array", "string", "no-model", "no-messages", "empty-messages",
-        "messages-not-list", "stream-not-bool", "bad-max-tokens", "unknown-model",
-        "provider-without-key", "body-over-limit",
+        "invalid-json",
+        "array",
+        "string",
+        "no-model",
+        "no-messages",
+        "empty-messages",
+        "messages-not-list",
+        "stream-not-bool",
+        "bad-max-tokens",
+        "unknown-model",
+        "provider-without-key",
+        "body-over-limit",
     ],
 )
 async def test_bad_body(harness, body, status, code):
@@ -62,7 +71,8 @@ async def test_bad_body(harness, body, status, code):
 )
 async def test_bad_key_is_401(harness, headers):
     status, error = await _post(
-        harness, b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',
+        harness,
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',
         headers,
     )
     assert status == 401

@@ -13,8 +13,14 @@ from metering.usage import Usage
 
 @pytest.mark.parametrize(
     "text,units",
-    [("12.5", 12_500_000), ("0.000001", 1), ("5", 5_000_000), (3, 3_000_000),
-     (Decimal("0.1"), 100_000), ("-2.25", -2_250_000)],
+    [
+        ("12.5", 12_500_000),
+        ("0.000001", 1),
+        ("5", 5_000_000),
+        (3, 3_000_000),
+        (Decimal("0.1"), 100_000),
+        ("-2.25", -2_250_000),
+    ],
 )
 def test_credit_round_trip(text, units):
     assert credits_to_micro(text, allow_negative=True) == units
@@ -51,8 +57,14 @@ def test_output_tokens_covered_matches_worst_case():
 
 
 @pytest.mark.parametrize(
-    "table", [{"input": "1"}, {"input": "x", "output": "1"}, {"input": "-1", "output": "1"},
-              {"input": "1", "output": "1", "extra": "1"}, "1"],
+    "table",
+    [
+        {"input": "1"},
+        {"input": "x", "output": "1"},
+        {"input": "-1", "output": "1"},
+        {"input": "1", "output": "1", "extra": "1"},
+        "1",
+    ],
 )
 def test_bad_rate_tables(table):
     with pytest.raises((KeyError, ValueError)):

@@ -8,7 +8,7 @@ from metering.sse import SSEParser
 
 STREAM = (
     b": keep-alive comment\n\n"
-    b"event: message\ndata: {\"a\": \"caf\xc3\xa9 \xe2\x98\x95\"}\n\n"
+    b'event: message\ndata: {"a": "caf\xc3\xa9 \xe2\x98\x95"}\n\n'
     b"data: line one\r\ndata: line two\r\n\r\n"
     b"data:no-space\r\rdata: [DONE]\n\n"
 )

@@ -284,7 +284,10 @@ async def test_upstream_refusal_is_relayed_and_costs_nothing(harness):
     await harness.settled()
     [charge] = await harness.charges(account_id)
     assert (charge["outcome"], charge["http_status"], charge["credits"]) == (
-        "upstream_error", 429, 0)
+        "upstream_error",
+        429,
+        0,
+    )
     assert await harness.balance(account_id) == (10_000_000, 0)
 
 

@@ -13,9 +13,16 @@ from metering.tokens import TokenCounter, encoding_for_model, load_encoding
 
 @pytest.mark.parametrize(
     "model,encoding",
-    [("gpt-4o-mini", "o200k_base"), ("gpt-4.1", "o200k_base"), ("gpt-5", "o200k_base"),
-     ("o3-mini", "o200k_base"), ("openai/gpt-4o", "o200k_base"),
-     ("gpt-3.5-turbo", "cl100k_base"), ("gpt-4", "cl100k_base"), ("llama3", "cl100k_base")],
+    [
+        ("gpt-4o-mini", "o200k_base"),
+        ("gpt-4.1", "o200k_base"),
+        ("gpt-5", "o200k_base"),
+        ("o3-mini", "o200k_base"),
+        ("openai/gpt-4o", "o200k_base"),
+        ("gpt-3.5-turbo", "cl100k_base"),
+        ("gpt-4", "cl100k_base"),
+        ("llama3", "cl100k_base"),
+    ],
 )
 def test_encoding_by_family(model, encoding):
     assert encoding_for_model(model) == encoding

@@ -1,0 +1,166 @@
+"""The command line and `creditgate serve`, run as a user would, README examples included."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+import orjson
+import pytest
+
+from billing.money import credits_to_micro
+from metering.tokens import TokenCounter
+from proxy.upstream import DEMO_ANSWER
+
+REPO = Path(__file__).resolve().parent.parent
+CREDITGATE = [sys.executable, "-m", "proxy.cli"]
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: {port}}}
+database: {{url: "{url}", embedded_dir: "{embedded}"}}
+credits: {{starter: "5", purchase_link: "https://buy.stripe.com/test_x"}}
+providers:
+  local: {{type: demo, chunk_delay_ms: 0}}
+models:
+  demo:
+    provider: local
+    cost:  {{input: "0", output: "0"}}
+    price: {{input: "1", output: "2"}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CREDITGATE, *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=check,
+        timeout=120,
+    )
+
+
+@pytest.fixture(params=["configured", "embedded"])
+def config_path(request, tmp_path: Path, database_url: str) -> Path:
+    """A config on the test database, or on an embedded server of its own."""
+    url = database_url if request.param == "configured" else ""
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG.format(port=free_port(), url=url, embedded=tmp_path / "pg"))
+    return path
+
+
+def test_accounts_create_prints_only_the_key_and_show_prints_exact_credits(config_path):
+    name = f"cli-{time.time_ns()}"
+    created = cli(config_path, "accounts", "create", name, "--credits", "12.5")
+    assert re.fullmatch(r"cg-[A-Za-z0-9_-]{43}\n", created.stdout)
+    shown = orjson.loads(cli(config_path, "accounts", "show", name, "--json").stdout)
+    assert shown["balance"] == "17.5"
+    assert shown["pending"] == "0"
+    assert shown["total_granted"] == "17.5"
+
+    again = cli(config_path, "accounts", "create", name, check=False)
+    assert again.returncode == 1 and "exists" in again.stderr and again.stdout == ""
+    missing = cli(config_path, "accounts", "show", "nobody-" + name, "--json", check=False)
+    assert missing.returncode == 1 and "no account" in missing.stderr
+
+
+def test_bad_config_stops_with_file_key_and_reason(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG.format(port=0, url="", embedded="x").replace('input: "1"', "input: x"))
+    result = cli(path, "accounts", "show", "a", check=False)
+    assert result.returncode == 2
+    assert f"{path}: models.demo.price: not a decimal number" in result.stderr
+
+
+def _readme_block(language: str, index: int = 0) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return blocks[index]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's example uses curl")
+def test_serve_runs_the_readme_examples_and_shares_the_cli_ledger(config_path, tmp_path):
+    port = int(re.search(r"port: (\d+)", config_path.read_text()).group(1))
+    env = {**os.environ, "CREDITGATE_CONFIG": str(config_path)}
+    server = subprocess.Popen(
+        [*CREDITGATE, "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(300):
+            try:
+                with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("creditgate serve did not start")
+
+        # The README's shell example, as written but for the port and the account name.
+        bin_dir = tmp_path / "bin"
+        (bin_dir / ".venv" / "bin").mkdir(parents=True)
+        shim = bin_dir / ".venv" / "bin" / "creditgate"
+        shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m proxy.cli "$@"\n')
+        shim.chmod(0o755)
+        name = f"readme-{time.time_ns()}"
+        script = _readme_block("bash", 1).replace("8080", str(port)).replace("alice", name)
+        script = script.replace(".venv/bin/creditgate", str(shim))
+        shell = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script + '\necho "KEY=$CREDITGATE_KEY"'],
+            capture_output=True,
+            text=True,
+            env={**env, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            timeout=60,
+            check=True,
+        )
+        assert "data: [DONE]" in shell.stdout
+        assert "creditgate demo model" in "".join(
+            orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
+            for line in shell.stdout.splitlines()
+            if line.startswith("data: {")
+        )
+        key = shell.stdout.rsplit("KEY=", 1)[1].strip()
+
+        # The README's SDK example.
+        example = _readme_block("python").replace("8080", str(port))
+        sdk = subprocess.run(
+            [sys.executable, "-c", example],
+            capture_output=True,
+            text=True,
+            env={**env, "CREDITGATE_KEY": key},
+            timeout=60,
+            check=True,
+        )
+        assert sdk.stdout.startswith("Hello! This is the creditgate demo model.")
+
+        # The CLI sees what the server charged: two paid requests, no open hold.
+        shown = orjson.loads(cli(config_path, "accounts", "show", name, "--json").stdout)
+        assert shown["pending"] == "0"
+        assert shown["total_granted"] == "15"
+        counter = TokenCounter("cl100k_base")
+        prompt = counter.count_messages([{"role": "user", "content": "Hi"}])
+        output = counter.count(DEMO_ANSWER)
+        per_request = prompt * 1 + output * 2  # micro-credits at the demo's price
+        assert credits_to_micro(shown["balance"]) == 15_000_000 - 2 * per_request
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    assert b"creditgate listening" in output

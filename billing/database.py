@@ -93,6 +93,4 @@ async def open_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> async
         await migrate(conn)
     finally:
         await conn.close()
-    return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, reset=_keep_session
-    )
+    return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session)

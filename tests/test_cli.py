@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import orjson
 import pytest
@@ -27,7 +28,7 @@ server: {{host: 127.0.0.1, port: {port}}}
 database: {{url: "{url}", embedded_dir: "{embedded}"}}
 credits: {{starter: "5", purchase_link: "https://buy.stripe.com/test_x"}}
 providers:
-  local: {{type: demo, chunk_delay_ms: 0}}
+  local: {{type: demo, chunk_delay_ms: {delay}}}
 models:
   demo:
     provider: local
@@ -58,7 +59,7 @@ def config_path(request, tmp_path: Path, database_url: str) -> Path:
     """A config on the test database, or on an embedded server of its own."""
     url = database_url if request.param == "configured" else ""
     path = tmp_path / "config.yaml"
-    path.write_text(CONFIG.format(port=free_port(), url=url, embedded=tmp_path / "pg"))
+    path.write_text(CONFIG.format(port=free_port(), url=url, embedded=tmp_path / "pg", delay=0))
     return path
 
 
@@ -79,10 +80,31 @@ def test_accounts_create_prints_only_the_key_and_show_prints_exact_credits(confi
 
 def test_bad_config_stops_with_file_key_and_reason(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(CONFIG.format(port=0, url="", embedded="x").replace('input: "1"', "input: x"))
+    path.write_text(
+        CONFIG.format(port=0, url="", embedded="x", delay=0).replace('input: "1"', "input: x")
+    )
     result = cli(path, "accounts", "show", "a", check=False)
     assert result.returncode == 2
     assert f"{path}: models.demo.price: not a decimal number" in result.stderr
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [*CREDITGATE, "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(300):
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    pytest.fail(f"creditgate serve did not start: {server.communicate()[0]!r}")
 
 
 def _readme_block(language: str, index: int = 0) -> str:
@@ -164,3 +186,36 @@ def test_serve_runs_the_readme_examples_and_shares_the_cli_ledger(config_path, t
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
     assert b"creditgate listening" in output
+
+
+def test_sigterm_mid_stream_settles_before_exit(tmp_path, database_url):
+    port = free_port()
+    config_path = tmp_path / "config.yaml"
+    # The demo streams 34 tokens 100 ms apart: the stream is still running at SIGTERM.
+    config_path.write_text(
+        CONFIG.format(port=port, url=database_url, embedded=tmp_path / "pg", delay=100)
+    )
+    name = f"sigterm-{time.time_ns()}"
+    key = cli(config_path, "accounts", "create", name).stdout.strip()
+    server = start_server({**os.environ, "CREDITGATE_CONFIG": str(config_path)}, port)
+    try:
+        request = Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=orjson.dumps(
+                {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+            ),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        with urlopen(request, timeout=30) as response:
+            assert response.readline().startswith(b"data: ")
+            server.send_signal(signal.SIGTERM)
+            rest = response.read()  # the stream may finish or be cut; either way it is paid
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    shown = orjson.loads(cli(config_path, "accounts", "show", name, "--json").stdout)
+    assert shown["pending"] == "0"
+    assert credits_to_micro(shown["total_spent"]) > 0
+    assert credits_to_micro(shown["balance"]) == 5_000_000 - credits_to_micro(shown["total_spent"])
+    assert rest.endswith(b"data: [DONE]\n\n")  # graceful: the open stream was let finish

@@ -1,0 +1,88 @@
+"""The ledger's guarantees, straight against PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from billing.ledger import Charge
+from metering.usage import Usage, UsageSource
+
+
+def charge(request_id: str, credits: int) -> Charge:
+    return Charge(
+        request_id=request_id,
+        model="m",
+        provider="p",
+        upstream_model="u",
+        usage=Usage(10, 20, source=UsageSource.UPSTREAM),
+        credits=credits,
+        provider_cost=1,
+        price_input="1",
+        price_output="2",
+        outcome="ok",
+        http_status=200,
+        started_at=datetime.now(UTC),
+    )
+
+
+async def hold(ledger, request_id: str, account_id: int, amount: int, ttl: float = 60) -> bool:
+    return await ledger.hold(
+        request_id, account_id, amount, model="m", provider="p", ttl_seconds=ttl
+    )
+
+
+async def test_settling_twice_charges_once(harness):
+    ledger = harness.ledger
+    account_id, _ = await harness.account("1")
+    assert await hold(ledger, "r-twice", account_id, 500)
+    assert await harness.balance(account_id) == (1_000_000, 500)
+    assert await ledger.settle(charge("r-twice", 300)) == 999_700
+    assert await ledger.settle(charge("r-twice", 300)) is None
+    assert await harness.balance(account_id) == (999_700, 0)
+    assert len(await harness.charges(account_id)) == 1
+    await harness.assert_invariant(account_id)
+
+
+async def test_hold_refused_beyond_free_balance(harness):
+    ledger = harness.ledger
+    account_id, _ = await harness.account("0.001")  # 1000 micro-credits
+    assert await hold(ledger, "r-a", account_id, 600)
+    assert not await hold(ledger, "r-b", account_id, 600)
+    assert await hold(ledger, "r-c", account_id, 400)
+    assert await harness.balance(account_id) == (1000, 1000)
+    assert not await ledger.extend_hold("r-a", account_id, 1)
+    assert await harness.balance(account_id) == (1000, 1000)  # the failed extension undone
+    await ledger.settle(charge("r-c", 100))
+    assert await ledger.extend_hold("r-a", account_id, 300)
+    assert await harness.balance(account_id) == (900, 900)
+    await harness.assert_invariant(account_id)
+
+
+async def test_concurrent_settlements_on_one_account_lose_nothing(harness):
+    ledger = harness.ledger
+    account_id, _ = await harness.account("1")
+    ids = [f"r-many-{account_id}-{n}" for n in range(100)]
+    held = await asyncio.gather(*(hold(ledger, rid, account_id, 1000) for rid in ids))
+    assert all(held)
+    await asyncio.gather(*(ledger.settle(charge(rid, n)) for n, rid in enumerate(ids)))
+    assert await harness.balance(account_id) == (1_000_000 - sum(range(100)), 0)
+    await harness.assert_invariant(account_id)
+
+
+async def test_unrenewed_holds_expire_and_renewed_ones_stay(harness):
+    ledger = harness.ledger
+    account_id, _ = await harness.account("1")
+    dead, live = f"r-dead-{account_id}", f"r-live-{account_id}"
+    assert await hold(ledger, dead, account_id, 700, ttl=0.05)
+    assert await hold(ledger, live, account_id, 200, ttl=0.05)
+    await ledger.renew_holds([live], 60)
+    await asyncio.sleep(0.1)
+    assert await ledger.expire_holds() >= 1
+    assert await harness.balance(account_id) == (1_000_000, 200)
+    [expired] = await harness.charges(account_id)
+    assert (expired["request_id"], expired["outcome"], expired["credits"]) == (dead, "expired", 0)
+    # The process that held it comes back too late: nothing more is charged.
+    assert await ledger.settle(charge(dead, 500)) is None
+    assert await ledger.settle(charge(live, 150)) == 1_000_000 - 150
+    await harness.assert_invariant(account_id)

@@ -18,6 +18,14 @@ from metering.usage import Usage
 
 KEY_PREFIX = "cg-"
 
+# What a ledger call raises when the database cannot be reached or the connection broke.
+LEDGER_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
+
 
 def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()

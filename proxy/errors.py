@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+log = logging.getLogger("creditgate")
 
 
 class APIError(Exception):
@@ -52,6 +55,15 @@ def unauthorized(message: str) -> APIError:
     return APIError(401, "invalid_api_key", message, type="authentication_error")
 
 
+def ledger_unavailable() -> APIError:
+    return APIError(
+        503,
+        "ledger_unavailable",
+        "Credits cannot be checked right now; try again shortly.",
+        type="service_unavailable",
+    )
+
+
 def upstream_error(message: str, code: str = "upstream_error", status: int = 502) -> APIError:
     return APIError(status, code, message, type="upstream_error")
 
@@ -78,3 +90,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return APIError(exc.status, code, message).response(
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         )
+    except Exception:
+        # Handlers end their own streams; what reaches here came before any response.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return APIError(
+            500, "internal_error", "The gateway failed on this request.", type="server_error"
+        ).response()

@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from billing.ledger import KeyOwner, Ledger, hash_key
+from billing.ledger import LEDGER_UNAVAILABLE, KeyOwner, Ledger, hash_key
 from metering.tokens import TokenCounter
 from proxy.config import Config, ModelConfig
-from proxy.errors import APIError, unauthorized
+from proxy.errors import APIError, ledger_unavailable, unauthorized
 from proxy.upstream import Upstream, make_upstream
 
 log = logging.getLogger("creditgate")
@@ -103,7 +103,11 @@ class Gateway:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise unauthorized("No API key: send it as 'Authorization: Bearer <key>'.")
-        owner = await self.keys.lookup(key.strip())
+        try:
+            owner = await self.keys.lookup(key.strip())
+        except LEDGER_UNAVAILABLE as err:
+            log.error("cannot look up an API key: %r", err)
+            raise ledger_unavailable() from None
         if owner is None:
             raise unauthorized("The API key is not valid (unknown or revoked).")
         if owner.disabled:

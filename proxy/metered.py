@@ -11,11 +11,11 @@ from enum import StrEnum
 
 import orjson
 
-from billing.ledger import Charge, KeyOwner
+from billing.ledger import LEDGER_UNAVAILABLE, Charge, KeyOwner
 from billing.money import micro_to_credits
 from metering.usage import NO_USAGE, Usage
 from proxy.config import ModelConfig
-from proxy.errors import APIError
+from proxy.errors import APIError, ledger_unavailable
 from proxy.gateway import Gateway
 
 log = logging.getLogger("creditgate.requests")
@@ -73,6 +73,10 @@ class MeteredCall:
             self.held = amount
             self.finish(NO_USAGE, Outcome.CLIENT_CLOSED, 499, after=task)
             raise
+        except LEDGER_UNAVAILABLE as err:
+            gateway.inflight.request_ids.discard(self.request_id)
+            log.error("cannot hold credit for %s: %r", self.request_id, err)
+            raise ledger_unavailable() from None
         except BaseException:
             gateway.inflight.request_ids.discard(self.request_id)
             raise
@@ -99,9 +103,14 @@ class MeteredCall:
         target = price.worst_case(self.prompt_tokens, output_tokens + EXTENSION_TOKENS)
         extra = target - self.held
         if extra > 0:
-            extended = await self.gateway.ledger.extend_hold(
-                self.request_id, self.owner.account_id, extra
-            )
+            try:
+                extended = await self.gateway.ledger.extend_hold(
+                    self.request_id, self.owner.account_id, extra
+                )
+            except LEDGER_UNAVAILABLE as err:
+                # Unable to reserve more, the stream must stop: no output goes unpaid.
+                log.error("cannot extend the hold of %s: %r", self.request_id, err)
+                return None
             if not extended:
                 return None
             self.held = target
@@ -145,7 +154,7 @@ class MeteredCall:
                 try:
                     await self.gateway.ledger.settle(charge)
                     break
-                except (TimeoutError, OSError) as err:
+                except LEDGER_UNAVAILABLE as err:
                     # The charge row's request id makes a retry safe: it is written once.
                     log.warning("settling %s failed (%s), retrying", self.request_id, err)
                     await asyncio.sleep(0.2 * 2**attempt)

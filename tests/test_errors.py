@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import asyncpg
 import openai
 import pytest
 
@@ -109,3 +110,26 @@ async def test_models_lists_served_models_and_healthz_answers(harness):
         async with session.get(str(harness.server.make_url("/healthz"))) as response:
             assert response.status == 200
             assert await response.json() == {"status": "ok"}
+
+
+async def test_unreachable_database_is_503_and_nothing_goes_upstream(harness):
+    _, key = await harness.account()
+    gateway = harness.gateway
+    dead = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:1/none", min_size=0)
+    working = gateway.ledger.pool
+    sdk = openai.AsyncOpenAI(base_url=harness.base_url, api_key=key, max_retries=0)
+    await sdk.models.list()  # the key is now cached: the hold is what meets the outage
+    gateway.ledger.pool = dead
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert caught.value.status_code == 503
+        assert caught.value.body["code"] == "ledger_unavailable"
+        other = openai.AsyncOpenAI(base_url=harness.base_url, api_key="cg-x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await other.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert caught.value.status_code == 503
+    finally:
+        gateway.ledger.pool = working
+        await dead.close()
+    assert harness.upstream.requests == []

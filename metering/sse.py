@@ -59,6 +59,11 @@ class SSEParser:
         self._scan = pos
         return events
 
+    @property
+    def pending_size(self) -> int:
+        """How many bytes of an unfinished block are buffered."""
+        return len(self._buf)
+
     def pending(self) -> bytes:
         """The bytes of an unfinished block (a stream that ended without its blank line)."""
         return bytes(self._buf)

@@ -164,6 +164,7 @@ class StreamRelay:
         self.meter = meter
         self.strip_usage = strip_usage
         self.outcome = Outcome.CLIENT_CLOSED  # until the stream is seen to end otherwise
+        self._covered = call.output_tokens_covered()  # output tokens the hold pays for
 
     def usage(self) -> Usage:
         return self.meter.usage(self.call.prompt_tokens)
@@ -178,8 +179,7 @@ class StreamRelay:
         )
         await response.prepare(self.request)
         parser = SSEParser()
-        meter, call = self.meter, self.call
-        covered = call.output_tokens_covered()
+        call = self.call
         chunks = aiter(self.reply.chunks())
         while True:
             try:
@@ -198,38 +198,25 @@ class StreamRelay:
                     Outcome.UPSTREAM_ERROR,
                 )
                 return response
-            events = parser.feed(chunk)
-            if self.strip_usage:
-                # Event by event, so the usage chunk we asked for can be left out exactly.
-                out = b"".join(
-                    [e.raw for e in events if e.data is None or not meter.observe(e.data)]
-                )
-            else:
-                for event in events:
-                    if event.data is not None:
-                        meter.observe(event.data)
-                out = chunk
+            out, out_of_credit = await self._admit(parser, chunk)
             if out:
                 call.mark_first_byte()
                 try:
                     await response.write(out)
                 except ConnectionResetError:
                     return response  # the caller went away; outcome stays client_closed
-            if meter.output_tokens > covered:
-                extended = await call.cover(meter.output_tokens)
-                if extended is None:
-                    await self._end_with_error(
-                        response,
-                        APIError(
-                            402,
-                            "insufficient_credits",
-                            "The stream was stopped: the account ran out of credits.",
-                            type="insufficient_credits",
-                        ),
-                        Outcome.INSUFFICIENT_CREDITS,
-                    )
-                    return response
-                covered = extended
+            if out_of_credit:
+                await self._end_with_error(
+                    response,
+                    APIError(
+                        402,
+                        "insufficient_credits",
+                        "The stream was stopped: the account ran out of credits.",
+                        type="insufficient_credits",
+                    ),
+                    Outcome.INSUFFICIENT_CREDITS,
+                )
+                return response
         tail = parser.pending()
         try:
             if self.strip_usage and tail:
@@ -239,6 +226,30 @@ class StreamRelay:
             return response
         self.outcome = Outcome.OK
         return response
+
+    async def _admit(self, parser: SSEParser, chunk: bytes) -> tuple[bytes, bool]:
+        """Meter a chunk; the bytes to pass on, and whether the credit ran out in it."""
+        meter = self.meter
+        already_written = 0 if self.strip_usage else parser.pending_size
+        events = parser.feed(chunk)
+        kept: list[bytes] | None = [] if self.strip_usage else None
+        cut: int | None = None  # events delivered before the credit ran out
+        for index, event in enumerate(events):
+            if event.data is not None and meter.observe(event.data) and kept is not None:
+                continue  # the usage chunk creditgate asked for, hidden from this caller
+            if kept is not None:
+                kept.append(event.raw)
+            if meter.output_tokens > self._covered:
+                covered = await self.call.cover(meter.output_tokens)
+                if covered is None:
+                    cut = index + 1  # this event still goes out: the overshoot is one event
+                    break
+                self._covered = covered
+        if kept is not None:
+            return b"".join(kept), cut is not None
+        if cut is not None:
+            return chunk[: sum(len(e.raw) for e in events[:cut]) - already_written], True
+        return chunk, False  # the common case: the upstream's bytes, untouched
 
     async def _end_with_error(
         self, response: web.StreamResponse, error: APIError, outcome: Outcome

@@ -24,6 +24,7 @@ class FakeUpstream:
     delay: float = 0.0  # seconds before each chunk
     break_after: int | None = None  # drop the connection after this many chunks
     split: int | None = None  # write the stream in pieces of this many bytes
+    burst: bool = False  # write the whole stream at once
     line_end: bytes = b"\n"
     status: int = 200
     error_body: bytes = b""
@@ -109,6 +110,8 @@ class FakeUpstream:
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if self.burst:
+            events = [b"".join(events)]
         try:
             for number, event in enumerate(events):
                 if self.break_after is not None and number >= self.break_after:

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import aiohttp
 import openai
+import pytest
 
 from metering.tokens import TokenCounter
 
@@ -80,11 +81,17 @@ async def test_200_streams_on_a_balance_that_covers_20(harness):
     await harness.assert_invariant(account_id)
 
 
-async def test_stream_outgrowing_its_hold_is_extended_then_stopped_at_the_balance(harness):
+@pytest.mark.parametrize("burst", [False, True], ids=["event-by-event", "one-burst"])
+@pytest.mark.parametrize("ask_usage", [False, True], ids=["filtered", "pass-through"])
+async def test_stream_outgrowing_its_hold_is_extended_then_stopped_at_the_balance(
+    harness, burst, ask_usage
+):
     # The upstream ignores max_tokens and runs on: the gateway extends the hold while the
-    # balance allows, then ends the stream with an error the SDK raises.
+    # balance allows, then ends the stream with an error the SDK raises, even when the
+    # whole stream arrives in one read.
     harness.upstream.pieces = [" w"] * 3000
     harness.upstream.report_usage = False
+    harness.upstream.burst = burst
     counter = TokenCounter("o200k_base")
     prompt = counter.count_messages(MESSAGES)
     chunk_cost = math.ceil(counter.count(" w") * PRICE_OUT)
@@ -93,8 +100,9 @@ async def test_stream_outgrowing_its_hold_is_extended_then_stopped_at_the_balanc
     await harness.ledger.grant(account_id, credit, "admin")
 
     client = openai.AsyncOpenAI(base_url=harness.base_url, api_key=key, max_retries=0)
+    options = {"stream_options": {"include_usage": True}} if ask_usage else {}
     stream = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=10
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=10, **options
     )
     received = 0
     try:

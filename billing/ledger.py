@@ -1,4 +1,4 @@
-"""The credit ledger in PostgreSQL: accounts, keys, grants, holds and charges.
+"""The credit ledger in PostgreSQL: grants, holds and charges, the moves of money.
 
 Every change of a balance is one atomic statement (or one transaction where a statement
 cannot express it), so concurrent requests on one account can neither overdraw it
@@ -7,16 +7,12 @@ through their holds nor lose a charge.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from metering.usage import Usage
-
-KEY_PREFIX = "cg-"
 
 # What a ledger call raises when the database cannot be reached or the connection broke.
 LEDGER_UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -25,32 +21,6 @@ LEDGER_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
 )
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-@dataclass(frozen=True, slots=True)
-class KeyOwner:
-    account_id: int
-    account_name: str
-    group: str
-    disabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AccountSummary:
-    id: int
-    name: str
-    group: str
-    balance: int
-    pending: int
-    total_granted: int
-    total_purchased: int
-    total_spent: int
-    created_at: datetime
-    last_used_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +39,21 @@ class Charge:
     outcome: str
     http_status: int
     started_at: datetime
+    group: str = "default"
 
 
-class AccountExists(Exception):
-    pass
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: int
+    account_id: int
+    amount: int
+    source: str
+    reference: str | None
+    reason: str | None
+    created_at: datetime
 
+
+GRANT_COLUMNS = "id, account_id, amount, source, reference, reason, created_at"
 
 _HOLD = """
 WITH reserved AS (
@@ -95,14 +75,16 @@ WITH released AS (
     INSERT INTO charges (request_id, account_id, model, provider, upstream_model,
                          input_tokens, output_tokens, cached_tokens, reasoning_tokens,
                          credits, provider_cost, price_input, price_output,
-                         usage_source, outcome, http_status, started_at)
-    SELECT $1, account_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16
+                         usage_source, outcome, http_status, started_at, group_name)
+    SELECT $1, account_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+           $17
     FROM released
     ON CONFLICT (request_id) DO NOTHING
     RETURNING credits
 )
 UPDATE accounts SET held = accounts.held - released.amount,
                     balance = accounts.balance - COALESCE((SELECT credits FROM charged), 0),
+                    total_spent = accounts.total_spent + COALESCE((SELECT credits FROM charged), 0),
                     last_used_at = now()
 FROM released WHERE accounts.id = released.account_id
 RETURNING accounts.balance
@@ -130,27 +112,26 @@ FROM per_account WHERE accounts.id = per_account.account_id
 RETURNING per_account.holds
 """
 
-_GRANT = """
+GRANT_SQL = """
 WITH granted AS (
     INSERT INTO credit_grants (account_id, amount, source, reference, reason)
     VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (reference) DO NOTHING
     RETURNING account_id, amount
 )
-UPDATE accounts SET balance = balance + granted.amount
+UPDATE accounts SET balance = balance + granted.amount,
+                    total_granted = total_granted + granted.amount,
+                    total_purchased = total_purchased
+                        + CASE WHEN $3 = 'purchase' THEN granted.amount ELSE 0 END
 FROM granted WHERE accounts.id = granted.account_id
 RETURNING accounts.balance
 """
 
-_SUMMARY = """
-SELECT a.id, a.name, a.group_name, a.balance, a.held, a.created_at, a.last_used_at,
-       COALESCE((SELECT sum(amount) FROM credit_grants WHERE account_id = a.id), 0)::bigint
-           AS total_granted,
-       COALESCE((SELECT sum(amount) FROM credit_grants
-                 WHERE account_id = a.id AND source = 'purchase'), 0)::bigint AS total_purchased,
-       COALESCE((SELECT sum(credits) FROM charges WHERE account_id = a.id), 0)::bigint
-           AS total_spent
-FROM accounts a WHERE a.name = $1
+# A manual grant may be negative, but never takes the free balance below zero.
+_ADJUST = """
+UPDATE accounts SET balance = balance + $2, total_granted = total_granted + $2
+WHERE id = $1 AND ($2 >= 0 OR balance - held + $2 >= 0)
+RETURNING balance
 """
 
 
@@ -158,56 +139,7 @@ class Ledger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    # --- accounts, keys and grants -------------------------------------------------
-
-    async def create_account(
-        self, name: str, *, group: str = "default", starter: int = 0, credits: int = 0
-    ) -> tuple[int, str]:
-        """A new account with its first key (returned: shown once, stored hashed).
-
-        The starter credits and any initial credits are grants of their own.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            try:
-                account_id = await conn.fetchval(
-                    "INSERT INTO accounts (name, group_name) VALUES ($1, $2) RETURNING id",
-                    name,
-                    group,
-                )
-            except asyncpg.UniqueViolationError:
-                raise AccountExists(name) from None
-            if starter:
-                await conn.execute(
-                    _GRANT, account_id, starter, "starter", f"starter:{account_id}", None
-                )
-            if credits:
-                await conn.execute(_GRANT, account_id, credits, "admin", None, "initial credits")
-            key = await self._insert_key(conn, account_id)
-        return account_id, key
-
-    async def create_key(self, account_id: int) -> str:
-        async with self.pool.acquire() as conn:
-            return await self._insert_key(conn, account_id)
-
-    @staticmethod
-    async def _insert_key(conn: asyncpg.Connection, account_id: int) -> str:
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        await conn.execute(
-            "INSERT INTO api_keys (account_id, key_hash, prefix) VALUES ($1, $2, $3)",
-            account_id,
-            hash_key(key),
-            key[:10],
-        )
-        return key
-
-    async def find_key(self, key: str) -> KeyOwner | None:
-        row = await self.pool.fetchrow(
-            "SELECT a.id, a.name, a.group_name, a.disabled FROM api_keys k"
-            " JOIN accounts a ON a.id = k.account_id"
-            " WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            hash_key(key),
-        )
-        return KeyOwner(*row) if row else None
+    # --- grants ---------------------------------------------------------------------
 
     async def grant(
         self,
@@ -219,24 +151,25 @@ class Ledger:
         reference: str | None = None,
     ) -> int | None:
         """Add a grant and its credits; None when `reference` was already granted."""
-        return await self.pool.fetchval(_GRANT, account_id, amount, source, reference, reason)
+        return await self.pool.fetchval(GRANT_SQL, account_id, amount, source, reference, reason)
 
-    async def summary(self, name: str) -> AccountSummary | None:
-        row = await self.pool.fetchrow(_SUMMARY, name)
-        if row is None:
-            return None
-        return AccountSummary(
-            id=row["id"],
-            name=row["name"],
-            group=row["group_name"],
-            balance=row["balance"],
-            pending=row["held"],
-            total_granted=row["total_granted"],
-            total_purchased=row["total_purchased"],
-            total_spent=row["total_spent"],
-            created_at=row["created_at"],
-            last_used_at=row["last_used_at"],
-        )
+    async def adjust(self, account_id: int, amount: int, reason: str) -> Grant | None:
+        """A manual (admin) grant, positive or negative.
+
+        None when there is no such account or it would take the account's free balance
+        (balance less open holds) below zero.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_ADJUST, account_id, amount) is None:
+                return None
+            row = await conn.fetchrow(
+                "INSERT INTO credit_grants (account_id, amount, source, reason)"
+                f" VALUES ($1, $2, 'admin', $3) RETURNING {GRANT_COLUMNS}",
+                account_id,
+                amount,
+                reason,
+            )
+        return Grant(*row.values())
 
     # --- holds and settlement -------------------------------------------------------
 
@@ -301,6 +234,7 @@ class Ledger:
             charge.outcome,
             charge.http_status,
             charge.started_at,
+            charge.group,
         )
 
     async def renew_holds(self, request_ids: list[str], ttl_seconds: float) -> None:

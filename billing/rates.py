@@ -7,7 +7,7 @@ rounded up once to the micro-credit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from typing import Any
 
@@ -68,7 +68,14 @@ class TextRate:
 
 @dataclass(frozen=True, slots=True)
 class ModelRate:
-    """Both sides of a model's rate: the operator's cost and the caller's price."""
+    """Both sides of a model's rate: the operator's cost and the caller's price.
+
+    `groups` holds the prices of customer groups that pay a rate of their own.
+    """
 
     cost: TextRate
     price: TextRate
+    groups: dict[str, TextRate] = field(default_factory=dict)
+
+    def price_for(self, group: str) -> TextRate:
+        return self.groups.get(group, self.price)

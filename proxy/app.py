@@ -8,7 +8,6 @@ import orjson
 from aiohttp import web
 
 from billing.database import open_pool, resolve_url
-from billing.ledger import Ledger
 from proxy.chat import chat_completions
 from proxy.config import Config
 from proxy.errors import error_middleware
@@ -38,9 +37,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     url = await resolve_url(config.database.url, config.database.embedded_dir)
     pool = await open_pool(url, max_size=config.database.pool_size)
-    gateway = Gateway(config, Ledger(pool))
+    gateway = Gateway(config, pool)
     app[GATEWAY] = gateway
-    gateway.start()
+    await gateway.start()
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ exactly what the file says.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from billing.money import credits_to_micro
+from billing.money import credits_to_micro, parse_decimal
 from billing.rates import ModelRate, TextRate
 from metering.tokens import ENCODING_NAMES, encoding_for_model
 
 PROVIDER_TYPES = ("openai", "demo")
+REGISTRATION_MODES = ("admin", "trusted_header", "signup")
 MODEL_TYPES = ("text",)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MISSING: Any = object()
@@ -53,6 +55,27 @@ class CreditsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    tokens: tuple[str, ...]  # empty: the admin API is off
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    modes: frozenset[str]
+    header: str  # trusted_header: the header that names the user
+    trusted_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    signups_per_hour: int  # per client address
+    group: str  # the group of accounts made by trusted_header and signup
+
+
+@dataclass(frozen=True, slots=True)
+class StripeConfig:
+    webhook_secrets: tuple[str, ...]  # several while a secret is being rolled
+    credits_per_unit: dict[str, Decimal]  # currency -> credits per major unit paid
+    tolerance_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     type: str
@@ -82,6 +105,10 @@ class Config:
     credits: CreditsConfig
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
+    groups: tuple[str, ...]
+    admin: AdminConfig
+    registration: RegistrationConfig
+    stripe: StripeConfig
 
 
 class _DecimalLoader(yaml.SafeLoader):
@@ -153,6 +180,14 @@ class _Section:
         if number < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value!r}")
         return int(number) if integer else float(number)
+
+    def strings(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
+        """A list of strings (one string is a list of one); empty strings are dropped."""
+        value = self.raw(key, default)
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise self.error(key, "expected a list of strings")
+        return tuple(item for item in items if item)
 
     def credits(self, key: str, default: Any) -> int:
         try:
@@ -228,12 +263,75 @@ def load_config(path: Path | str) -> Config:
     )
     credits.finish()
 
+    groups = top.strings("groups", ["default"])
+    if "default" not in groups:
+        groups = ("default", *groups)
     providers = {name: _provider(top, name) for name in top.section("providers").data}
     top.raw("providers", {})
-    models = {name: _model(top, name, providers) for name in top.section("models").data}
+    models = {name: _model(top, name, providers, groups) for name in top.section("models").data}
     top.raw("models", {})
+
+    admin = top.section("admin")
+    admin_config = AdminConfig(tokens=admin.strings("tokens", []))
+    admin.finish()
+
+    registration_config = _registration(top.section("registration"), groups)
+    stripe_config = _stripe(top.section("stripe"))
     top.finish()
-    return Config(file, server_config, database_config, credits_config, providers, models)
+    return Config(
+        path=file,
+        server=server_config,
+        database=database_config,
+        credits=credits_config,
+        providers=providers,
+        models=models,
+        groups=groups,
+        admin=admin_config,
+        registration=registration_config,
+        stripe=stripe_config,
+    )
+
+
+def _registration(section: _Section, groups: tuple[str, ...]) -> RegistrationConfig:
+    modes = section.strings("modes", ["admin"])
+    for mode in modes:
+        if mode not in REGISTRATION_MODES:
+            raise section.error("modes", f"{mode!r} is not one of {', '.join(REGISTRATION_MODES)}")
+    trusted = section.section("trusted_header")
+    sources = []
+    for source in trusted.strings("trusted_sources", ["127.0.0.1/32", "::1/128"]):
+        try:
+            sources.append(ipaddress.ip_network(source, strict=False))
+        except ValueError as err:
+            raise trusted.error("trusted_sources", str(err)) from None
+    header = trusted.string("header", "X-Forwarded-User")
+    trusted.finish()
+    signup = section.section("signup")
+    per_hour = signup.number("per_address_per_hour", 5, minimum=1, integer=True)
+    signup.finish()
+    group = section.string("group", "default")
+    if group not in groups:
+        raise section.error("group", f"{group!r} is not listed under groups")
+    section.finish()
+    return RegistrationConfig(frozenset(modes), header, tuple(sources), per_hour, group)
+
+
+def _stripe(section: _Section) -> StripeConfig:
+    rates = section.section("credits_per_unit")
+    per_unit = {}
+    for currency in rates.data:
+        try:
+            per_unit[str(currency).lower()] = parse_decimal(rates.raw(currency))
+        except ValueError as err:
+            raise rates.error(currency, str(err)) from None
+    rates.finish()
+    config = StripeConfig(
+        webhook_secrets=section.strings("webhook_secret", []),
+        credits_per_unit=per_unit,
+        tolerance_seconds=section.number("tolerance_seconds", 300, minimum=1, integer=True),
+    )
+    section.finish()
+    return config
 
 
 def _provider(top: _Section, name: str) -> ProviderConfig:
@@ -252,20 +350,30 @@ def _provider(top: _Section, name: str) -> ProviderConfig:
     return config
 
 
-def _model(top: _Section, name: str, providers: dict[str, ProviderConfig]) -> ModelConfig:
+def _rate(section: _Section, key: str) -> TextRate:
+    try:
+        return TextRate.parse(section.raw(key))
+    except KeyError as err:
+        raise section.error(f"{key}.{err.args[0]}", "required") from None
+    except ValueError as err:
+        raise section.error(key, str(err)) from None
+
+
+def _model(
+    top: _Section, name: str, providers: dict[str, ProviderConfig], groups: tuple[str, ...]
+) -> ModelConfig:
     section = top.section("models").section(name)
     provider = section.string("provider")
     if provider not in providers:
         raise section.error("provider", f"no provider named {provider!r} under providers")
     upstream = section.string("upstream", name)
-    rates = {}
-    for side in ("cost", "price"):
-        try:
-            rates[side] = TextRate.parse(section.raw(side))
-        except KeyError as err:
-            raise section.error(f"{side}.{err.args[0]}", "required") from None
-        except ValueError as err:
-            raise section.error(side, str(err)) from None
+    cost, price = _rate(section, "cost"), _rate(section, "price")
+    group_prices = section.section("groups")
+    for group in group_prices.data:
+        if group not in groups:
+            raise group_prices.error(group, f"{group!r} is not listed under groups")
+    tiers = {group: _rate(group_prices, group) for group in group_prices.data}
+    section.raw("groups", {})
     encoding = section.string("encoding", encoding_for_model(upstream))
     if encoding not in ENCODING_NAMES:
         raise section.error("encoding", f"{encoding!r} is not one of {sorted(ENCODING_NAMES)}")
@@ -274,7 +382,7 @@ def _model(top: _Section, name: str, providers: dict[str, ProviderConfig]) -> Mo
         provider=provider,
         upstream=upstream,
         type=section.choice("type", MODEL_TYPES, "text"),
-        rate=ModelRate(cost=rates["cost"], price=rates["price"]),
+        rate=ModelRate(cost=cost, price=price, groups=tiers),
         encoding=encoding,
         max_output_tokens=section.number("max_output_tokens", 4096, minimum=1, integer=True),
     )

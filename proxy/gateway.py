@@ -1,47 +1,63 @@
-"""Process-wide state: ledger, upstreams, tokenizers, key cache, requests in flight."""
+"""Process-wide state: ledger, upstreams, tokenizers, caller cache, requests in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Hashable
+from dataclasses import replace
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
-from billing.ledger import LEDGER_UNAVAILABLE, KeyOwner, Ledger, hash_key
+from billing.accounts import Accounts, KeyOwner, hash_key
+from billing.ledger import LEDGER_UNAVAILABLE, Ledger
+from billing.settings import Settings, load_settings
 from metering.tokens import TokenCounter
-from proxy.config import Config, ModelConfig
+from proxy.config import Config, ModelConfig, load_config
 from proxy.errors import APIError, ledger_unavailable, unauthorized
 from proxy.upstream import Upstream, make_upstream
 
 log = logging.getLogger("creditgate")
 
-KEY_CACHE_SECONDS = 5.0  # how long a revoked key may still work on this process
-_KEY_CACHE_LIMIT = 100_000
+CALLER_CACHE_SECONDS = 5.0  # how long a revoked key may still work on another process
+SETTINGS_REFRESH_SECONDS = 5.0  # how soon another process's settings change is seen here
+_CALLER_CACHE_LIMIT = 100_000
+_MAX_USER_NAME = 200
 
 
-class KeyCache:
-    """API key -> owner, cached briefly so that most requests skip a database round trip."""
+class CallerCache:
+    """Credential -> owner, cached briefly so that most requests skip a database round trip.
 
-    def __init__(self, ledger: Ledger, ttl: float = KEY_CACHE_SECONDS) -> None:
-        self._ledger = ledger
+    Keys are ("key", sha256) for API keys and ("user", name) for trusted-header users.
+    """
+
+    def __init__(self, ttl: float = CALLER_CACHE_SECONDS) -> None:
         self._ttl = ttl
-        self._entries: dict[bytes, tuple[float, KeyOwner | None]] = {}
+        self._entries: dict[Hashable, tuple[float, KeyOwner | None]] = {}
 
-    async def lookup(self, key: str) -> KeyOwner | None:
-        digest = hash_key(key)
-        now = time.monotonic()
-        entry = self._entries.get(digest)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        owner = await self._ledger.find_key(key)
-        if len(self._entries) >= _KEY_CACHE_LIMIT:
+    def get(self, credential: Hashable) -> tuple[bool, KeyOwner | None]:
+        entry = self._entries.get(credential)
+        if entry is not None and entry[0] > time.monotonic():
+            return True, entry[1]
+        return False, None
+
+    def put(self, credential: Hashable, owner: KeyOwner | None) -> None:
+        if len(self._entries) >= _CALLER_CACHE_LIMIT:
             self._entries.clear()  # a flood of random keys must not grow memory
-        self._entries[digest] = (now + self._ttl, owner)
-        return owner
+        self._entries[credential] = (time.monotonic() + self._ttl, owner)
+
+    def forget(self, credential: Hashable) -> None:
+        self._entries.pop(credential, None)
+
+    def forget_account(self, account_id: int) -> None:
+        for credential, (_, owner) in list(self._entries.items()):
+            if owner is not None and owner.account_id == account_id:
+                del self._entries[credential]
 
 
 class InFlight:
@@ -70,67 +86,148 @@ class InFlight:
 class Gateway:
     """Everything a request handler needs, made once per process at start-up."""
 
-    def __init__(self, config: Config, ledger: Ledger) -> None:
-        self.config = config
-        self.ledger = ledger
-        self.keys = KeyCache(ledger)
+    def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.ledger = Ledger(pool)
+        self.accounts = Accounts(pool)
+        self.callers = CallerCache()
         self.inflight = InFlight()
-        self.upstreams: dict[str, Upstream] = {
-            name: make_upstream(provider) for name, provider in config.providers.items()
-        }
-        self._counters = {
-            name: TokenCounter(name) for name in {m.encoding for m in config.models.values()}
-        }
-        self._maintenance: asyncio.Task[None] | None = None
-        for name, upstream in self.upstreams.items():
+        self.config = config
+        self.settings = self._default_settings(config)
+        self.upstreams: dict[str, Upstream] = {}
+        self._retired: list[Upstream] = []  # replaced by a reload; closed at shutdown
+        self._counters: dict[str, TokenCounter] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._apply(config)
+
+    @staticmethod
+    def _default_settings(config: Config) -> Settings:
+        return Settings(config.credits.purchase_link, config.credits.starter)
+
+    def _apply(self, config: Config) -> None:
+        """Make `config` the one new requests use; requests in flight keep theirs."""
+        upstreams = {}
+        for name, provider in config.providers.items():
+            current = self.upstreams.get(name)
+            upstreams[name] = (
+                current if current and current.config == provider else make_upstream(provider)
+            )
+        self._retired += [u for u in self.upstreams.values() if u not in upstreams.values()]
+        self.upstreams = upstreams
+        self.config = config
+        for name, upstream in upstreams.items():
             if not upstream.available:
                 served = [m.name for m in config.models.values() if m.provider == name]
                 log.warning(
                     "provider %r has no API key: its models %s are not served", name, served
                 )
 
+    async def reload(self) -> Config:
+        """Read config.yaml again; raises ConfigError and keeps the running config if bad."""
+        config = load_config(self.config.path)
+        for section in ("server", "database"):
+            if getattr(config, section) != getattr(self.config, section):
+                log.warning("config %s: changes take effect at the next restart", section)
+        config = replace(config, server=self.config.server, database=self.config.database)
+        self._apply(config)
+        await self.refresh_settings()
+        log.info("config reloaded from %s: %d models", config.path, len(config.models))
+        return config
+
+    async def refresh_settings(self) -> Settings:
+        self.settings = await load_settings(self.pool, self._default_settings(self.config))
+        return self.settings
+
     def counter(self, model: ModelConfig) -> TokenCounter:
-        return self._counters[model.encoding]
+        counter = self._counters.get(model.encoding)
+        if counter is None:
+            counter = self._counters[model.encoding] = TokenCounter(model.encoding)
+        return counter
 
     def purchase_link(self, account_id: int) -> str:
-        link = self.config.credits.purchase_link
+        link = self.settings.purchase_link
         if not link:
             return ""
         return f"{link}{'&' if '?' in link else '?'}client_reference_id={account_id}"
 
+    # --- who is calling -------------------------------------------------------------
+
     async def authenticate(self, request: web.Request) -> KeyOwner:
-        header = request.headers.get("Authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise unauthorized("No API key: send it as 'Authorization: Bearer <key>'.")
         try:
-            owner = await self.keys.lookup(key.strip())
+            owner = await self._trusted_user(request) or await self._key_owner(request)
         except LEDGER_UNAVAILABLE as err:
-            log.error("cannot look up an API key: %r", err)
+            log.error("cannot identify a caller: %r", err)
             raise ledger_unavailable() from None
-        if owner is None:
-            raise unauthorized("The API key is not valid (unknown or revoked).")
         if owner.disabled:
             raise APIError(
                 403, "account_disabled", "This account is disabled.", type="permission_error"
             )
         return owner
 
+    async def _key_owner(self, request: web.Request) -> KeyOwner:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise unauthorized("No API key: send it as 'Authorization: Bearer <key>'.")
+        credential = ("key", hash_key(key))
+        known, owner = self.callers.get(credential)
+        if not known:
+            owner = await self.accounts.find_key(key)
+            self.callers.put(credential, owner)
+        if owner is None:
+            raise unauthorized("The API key is not valid (unknown or revoked).")
+        return owner
+
+    async def _trusted_user(self, request: web.Request) -> KeyOwner | None:
+        """The user a trusted sign-in proxy names, made an account on first sight."""
+        registration = self.config.registration
+        if "trusted_header" not in registration.modes:
+            return None
+        name = request.headers.get(registration.header, "").strip()
+        if not name or not self._from_trusted_source(request):
+            return None
+        if len(name) > _MAX_USER_NAME:
+            raise unauthorized(f"The {registration.header} header is too long.")
+        credential = ("user", name)
+        known, owner = self.callers.get(credential)
+        if not known:
+            owner = await self.accounts.ensure(
+                name, group=registration.group, starter=self.settings.starter
+            )
+            self.callers.put(credential, owner)
+        return owner
+
+    def _from_trusted_source(self, request: web.Request) -> bool:
+        try:
+            address = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.config.registration.trusted_sources)
+
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+    async def start(self) -> None:
+        """Start serving: settings read, tokenizers loaded, background upkeep running."""
+        await self.refresh_settings()
+        for model in self.config.models.values():
+            self.counter(model)  # load each vocabulary now, not on a caller's time
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._maintain_holds()),
+            loop.create_task(self._follow_settings()),
+        ]
 
     async def stop(self) -> None:
         await self.inflight.drain()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
-        for upstream in self.upstreams.values():
+                await task
+        for upstream in [*self.upstreams.values(), *self._retired]:
             await upstream.close()
 
-    async def _maintain(self) -> None:
+    async def _maintain_holds(self) -> None:
         """Keep this process's holds alive and sweep the holds of processes that died."""
         ttl = self.config.server.hold_ttl_seconds
         while True:
@@ -142,6 +239,15 @@ class Gateway:
                     log.warning("released %d expired holds", expired)
             except Exception:
                 log.exception("hold maintenance failed; retrying in %.0fs", ttl / 4)
+
+    async def _follow_settings(self) -> None:
+        """Pick up settings that an operator changed through another process."""
+        while True:
+            await asyncio.sleep(SETTINGS_REFRESH_SECONDS)
+            try:
+                await self.refresh_settings()
+            except Exception:
+                log.exception("reading the settings failed")
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

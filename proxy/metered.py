@@ -11,7 +11,8 @@ from enum import StrEnum
 
 import orjson
 
-from billing.ledger import LEDGER_UNAVAILABLE, Charge, KeyOwner
+from billing.accounts import KeyOwner
+from billing.ledger import LEDGER_UNAVAILABLE, Charge
 from billing.money import micro_to_credits
 from metering.usage import NO_USAGE, Usage
 from proxy.config import ModelConfig
@@ -40,6 +41,7 @@ class MeteredCall:
         self.owner = owner
         self.model = model
         self.prompt_tokens = prompt_tokens
+        self.price = model.rate.price_for(owner.group)  # fixed for the request's life
         self.request_id = f"req_{uuid.uuid4().hex}"
         self.held = 0
         self.started_at = datetime.now(UTC)
@@ -53,8 +55,7 @@ class MeteredCall:
         The statement runs in a task of its own: if the caller goes away while it runs,
         the hold it may have made is released, not left behind.
         """
-        price = self.model.rate.price
-        amount = price.worst_case(self.prompt_tokens, max_output_tokens)
+        amount = self.price.worst_case(self.prompt_tokens, max_output_tokens)
         gateway = self.gateway
         gateway.inflight.request_ids.add(self.request_id)
         task = gateway.inflight.spawn(
@@ -95,12 +96,11 @@ class MeteredCall:
         self.held = amount
 
     def output_tokens_covered(self) -> int:
-        return self.model.rate.price.output_tokens_covered(self.held, self.prompt_tokens)
+        return self.price.output_tokens_covered(self.held, self.prompt_tokens)
 
     async def cover(self, output_tokens: int) -> int | None:
         """Extend the hold to pay for `output_tokens`; the tokens now covered, or None."""
-        price = self.model.rate.price
-        target = price.worst_case(self.prompt_tokens, output_tokens + EXTENSION_TOKENS)
+        target = self.price.worst_case(self.prompt_tokens, output_tokens + EXTENSION_TOKENS)
         extra = target - self.held
         if extra > 0:
             try:
@@ -132,20 +132,20 @@ class MeteredCall:
     async def _settle(
         self, usage: Usage, outcome: str, status: int, after: asyncio.Task | None
     ) -> None:
-        rate = self.model.rate
         charge = Charge(
             request_id=self.request_id,
             model=self.model.name,
             provider=self.model.provider,
             upstream_model=self.model.upstream,
             usage=usage,
-            credits=rate.price.charge(usage),
-            provider_cost=rate.cost.charge(usage),
-            price_input=str(rate.price.input),
-            price_output=str(rate.price.output),
+            credits=self.price.charge(usage),
+            provider_cost=self.model.rate.cost.charge(usage),
+            price_input=str(self.price.input),
+            price_output=str(self.price.output),
             outcome=outcome,
             http_status=status,
             started_at=self.started_at,
+            group=self.owner.group,
         )
         try:
             if after is not None and not await after:

@@ -113,9 +113,10 @@ class Harness:
 
     async def account(self, credits: str = "10") -> tuple[int, str]:
         """A new account with `credits`; returns its id and API key."""
-        return await self.ledger.create_account(
+        account, key = await self.gateway.accounts.create(
             f"acct-{uuid.uuid4().hex[:10]}", credits=credits_to_micro(credits)
         )
+        return account.id, key
 
     async def balance(self, account_id: int) -> tuple[int, int]:
         row = await self.ledger.pool.fetchrow(

@@ -119,7 +119,7 @@ async def test_unreachable_database_is_503_and_nothing_goes_upstream(harness):
     working = gateway.ledger.pool
     sdk = openai.AsyncOpenAI(base_url=harness.base_url, api_key=key, max_retries=0)
     await sdk.models.list()  # the key is now cached: the hold is what meets the outage
-    gateway.ledger.pool = dead
+    gateway.ledger.pool = gateway.accounts.pool = dead
     try:
         with pytest.raises(openai.APIStatusError) as caught:
             await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -130,6 +130,6 @@ async def test_unreachable_database_is_503_and_nothing_goes_upstream(harness):
             await other.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         assert caught.value.status_code == 503
     finally:
-        gateway.ledger.pool = working
+        gateway.ledger.pool = gateway.accounts.pool = working
         await dead.close()
     assert harness.upstream.requests == []

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import orjson
 from aiohttp import web
 
 from billing.database import open_pool, resolve_url
+from proxy.admin import add_admin_routes
+from proxy.bodies import MAX_BODY_BYTES, json_response
 from proxy.chat import chat_completions
 from proxy.config import Config
 from proxy.errors import error_middleware
 from proxy.gateway import GATEWAY, Gateway
+from proxy.registration import SIGNUPS, SignupLimiter, credits, signup
+from proxy.webhooks import stripe_webhook
 
 CONFIG = web.AppKey("config", Config)
 
@@ -24,9 +27,7 @@ async def list_models(request: web.Request) -> web.Response:
         for model in gateway.config.models.values()
         if gateway.upstreams[model.provider].available
     ]
-    return web.Response(
-        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
-    )
+    return json_response({"object": "list", "data": data})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -52,8 +53,14 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.server.max_body_bytes, middlewares=[error_middleware]
     )
     app[CONFIG] = config
+    app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app.cleanup_ctx.append(_lifespan)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/credits", credits)
+    app.router.add_post("/v1/signup", signup)
+    app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)
+    add_admin_routes(app)
+    app[SIGNUPS] = SignupLimiter()
     return app

@@ -11,27 +11,11 @@ from aiohttp import web
 from metering.openai_chat import ChatStreamMeter, usage_from_chat_body
 from metering.sse import SSEParser
 from metering.usage import NO_USAGE, Usage
+from proxy.bodies import read_json_object
 from proxy.errors import APIError, bad_request, upstream_error
 from proxy.gateway import GATEWAY
 from proxy.metered import MeteredCall, Outcome
 from proxy.upstream import UPSTREAM_FAILURES, UpstreamReply
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit_mb = request.app[GATEWAY].config.server.max_body_bytes / (1024 * 1024)
-        raise APIError(
-            413, "request_too_large", f"The request body is larger than {limit_mb:g} MB."
-        ) from None
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        raise bad_request(f"The body is not valid JSON: {err.args[0]}") from None
-    if not isinstance(payload, dict):
-        raise bad_request("The body must be a JSON object.")
-    return payload
 
 
 def _positive_int(payload: dict[str, Any], key: str) -> int | None:

@@ -24,7 +24,7 @@ from billing.database import open_pool, resolve_url
 from billing.money import credits_to_micro
 from billing.reports import ChargeFilter, list_charges
 from proxy.config import Config, ConfigError, default_config_path, load_config
-from proxy.gateway import Gateway
+from proxy.gateway import GATEWAY, Gateway
 from proxy.views import account_view, charge_view, charges_csv, grant_view, key_view
 
 
@@ -145,10 +145,26 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload_soon() -> None:
+        task = loop.create_task(_reload(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_soon)
     try:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def _reload(app: web.Application) -> None:
+    """SIGHUP: read config.yaml again; a bad file is logged and the running config kept."""
+    try:
+        await app[GATEWAY].reload()
+    except ConfigError as err:
+        logging.getLogger("creditgate").error("config not reloaded: %s", err)
 
 
 async def _run(

@@ -12,9 +12,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -55,10 +58,30 @@ def database_url(server_url: str) -> Iterator[str]:
     asyncio.run(_admin(server_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
+ADMIN_TOKEN = "test-admin-token"
+STRIPE_SECRET = "whsec_test_secret"
+CONFIG_DEFAULTS = {
+    "admin_token": ADMIN_TOKEN,
+    "stripe_secret": STRIPE_SECRET,
+    "trusted": "127.0.0.1/32",
+    "signups": 3,
+    "price_in": "0.30",
+    "price_out": "1.20",
+}
+
 CONFIG_TEMPLATE = """
 server: {{host: 127.0.0.1, port: 0, max_body_mb: 1, hold_ttl_seconds: 60}}
 database: {{url: "{database_url}"}}
 credits: {{starter: "0", purchase_link: "https://buy.stripe.com/test_abc"}}
+admin: {{tokens: ["{admin_token}", "second-admin-token"]}}
+groups: [default, pro]
+registration:
+  modes: [admin, trusted_header, signup]
+  trusted_header: {{header: X-Forwarded-User, trusted_sources: ["{trusted}"]}}
+  signup: {{per_address_per_hour: {signups}}}
+stripe:
+  webhook_secret: ["{stripe_secret}", "whsec_previous"]
+  credits_per_unit: {{usd: "1", eur: "1.1", jpy: "0.01"}}
 providers:
   fake: {{type: openai, base_url: "{upstream_url}/v1", api_key: sk-fake, read_timeout: 2}}
   keyless: {{type: openai, base_url: "{upstream_url}/v1", api_key: ""}}
@@ -68,7 +91,8 @@ models:
     provider: fake
     upstream: gpt-4o-mini-2024-07-18
     cost:  {{input: "0.15", output: "0.60"}}
-    price: {{input: "0.30", output: "1.20"}}
+    price: {{input: "{price_in}", output: "{price_out}"}}
+    groups: {{pro: {{input: "0.25", output: "1.00"}}}}
   pricey:
     provider: fake
     upstream: gpt-4o
@@ -98,6 +122,26 @@ class Harness:
     server: TestServer
     upstream: FakeUpstream
     config_path: Path
+    config_values: dict[str, Any]
+
+    def write_config(self, **changes: Any) -> None:
+        """Rewrite config.yaml with some values changed (for reload tests)."""
+        self.config_values.update(changes)
+        self.config_path.write_text(CONFIG_TEMPLATE.format(**self.config_values))
+
+    async def admin(
+        self, method: str, path: str, *, token: str | None = ADMIN_TOKEN, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """Call the admin API; the status and the decoded JSON (or text) body."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(
+                method, str(self.server.make_url(f"/admin/v1{path}")), headers=headers, **kwargs
+            ) as response:
+                text = await response.text()
+                if response.content_type == "application/json":
+                    return response.status, orjson.loads(text)
+                return response.status, text
 
     @property
     def gateway(self) -> Gateway:
@@ -111,10 +155,10 @@ class Harness:
     def base_url(self) -> str:
         return str(self.server.make_url("/v1"))
 
-    async def account(self, credits: str = "10") -> tuple[int, str]:
+    async def account(self, credits: str = "10", group: str = "default") -> tuple[int, str]:
         """A new account with `credits`; returns its id and API key."""
         account, key = await self.gateway.accounts.create(
-            f"acct-{uuid.uuid4().hex[:10]}", credits=credits_to_micro(credits)
+            f"acct-{uuid.uuid4().hex[:10]}", credits=credits_to_micro(credits), group=group
         )
         return account.id, key
 
@@ -158,12 +202,12 @@ async def upstream(aiohttp_server) -> FakeUpstream:
 
 @pytest.fixture
 async def harness(aiohttp_server, upstream: FakeUpstream, database_url: str, tmp_path: Path):
+    values = {
+        **CONFIG_DEFAULTS,
+        "database_url": database_url,
+        "upstream_url": str(upstream.server.make_url("")).rstrip("/"),
+    }
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(
-        CONFIG_TEMPLATE.format(
-            database_url=database_url,
-            upstream_url=str(upstream.server.make_url("")).rstrip("/"),
-        )
-    )
+    config_path.write_text(CONFIG_TEMPLATE.format(**values))
     server = await aiohttp_server(create_app(load_config(config_path)))
-    return Harness(server, upstream, config_path)
+    return Harness(server, upstream, config_path, values)

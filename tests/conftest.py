@@ -173,6 +173,12 @@ class Harness:
             "SELECT * FROM charges WHERE account_id = $1 ORDER BY ended_at", account_id
         )
 
+    async def forget_settings(self) -> None:
+        """Drop settings stored at runtime: config.yaml's values apply again (the database
+        is shared by the whole session, so a test that changes settings calls this)."""
+        await self.ledger.pool.execute("DELETE FROM settings")
+        await self.gateway.refresh_settings()
+
     async def settled(self) -> None:
         """Wait until every settlement in flight has been written."""
         await self.gateway.inflight.drain()

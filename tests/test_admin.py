@@ -342,11 +342,7 @@ async def test_settings_change_the_link_and_the_starter_at_runtime(harness):
             status, error = await harness.admin("PATCH", "/settings", json=body)
             assert (status, error["error"]["param"]) == (422, field)
     finally:
-        await harness.admin(
-            "PATCH",
-            "/settings",
-            json={"purchase_link": "https://buy.stripe.com/test_abc", "starter": "0"},
-        )
+        await harness.forget_settings()
 
 
 async def test_pro_group_pays_the_pro_rate(harness):

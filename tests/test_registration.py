@@ -37,7 +37,7 @@ async def test_racing_first_requests_of_a_new_trusted_user_get_one_starter_grant
             *(get(harness, "/v1/credits", {"X-Forwarded-User": user}) for _ in range(20))
         )
     finally:
-        await with_starter(harness, "0")
+        await harness.forget_settings()
     assert {status for status, _ in results} == {200}
     assert {body["balance"] for _, body in results} == {"5"}
     rows = await harness.ledger.pool.fetch(
@@ -84,7 +84,7 @@ async def test_credits_view_of_the_caller(harness):
         "total_purchased": "0",
         "purchase_link": f"https://buy.stripe.com/test_abc?client_reference_id={account_id}",
     }
-    status, error = await get(harness, "/v1/credits", {})
+    status, _ = await get(harness, "/v1/credits", {})
     assert status == 401
 
 
@@ -106,7 +106,7 @@ async def test_signup_returns_a_working_key_and_is_rate_limited_per_address(harn
         # 3 per hour from this address (the failed 409 counted too).
         assert (status, limited["error"]["code"]) == (429, "signup_rate_limited")
     finally:
-        await with_starter(harness, "0")
+        await harness.forget_settings()
 
 
 async def test_signup_is_off_unless_configured(harness):
@@ -117,5 +117,5 @@ async def test_signup_is_off_unless_configured(harness):
     assert (await harness.admin("POST", "/reload"))[0] == 200
     status, error = await post(harness, "/v1/signup", {"name": "x"})
     assert (status, error["error"]["code"]) == (404, "signup_disabled")
-    status, error = await get(harness, "/v1/credits", {"X-Forwarded-User": "someone"})
+    status, _ = await get(harness, "/v1/credits", {"X-Forwarded-User": "someone"})
     assert status == 401

@@ -74,13 +74,13 @@ async def purchases(harness: Harness, account_id: int) -> list:
     [(1250, "usd", 12_500_000), (1000, "EUR", 11_000_000), (5000, "jpy", 50_000_000)],
 )
 async def test_paid_checkout_grants_converted_credits_once(harness, amount, currency, credits):
-    account_id, key = await harness.account("0")
+    account_id, _ = await harness.account("0")
     paid = event("checkout.session.completed", account_id, amount=amount, currency=currency)
     assert await send(harness, paid) == (200, {"received": True, "status": "granted"})
     assert await send(harness, paid) == (200, {"received": True, "status": "duplicate_event"})
     [grant] = await purchases(harness, account_id)
     assert grant["amount"] == credits
-    status, view = await harness.admin("GET", f"/accounts/{account_id}")
+    _, view = await harness.admin("GET", f"/accounts/{account_id}")
     assert view["total_purchased"] == view["balance"] == view["total_granted"]
     await harness.assert_invariant(account_id)
 
@@ -152,7 +152,7 @@ async def test_rotated_secrets_and_several_signatures(harness):
 async def test_unknown_account_is_recorded_answered_and_shown_to_the_operator(harness, reference):
     stray = event("checkout.session.completed", reference)
     assert (await send(harness, stray))[1]["status"] == "unknown_account"
-    status, payments = await harness.admin("GET", "/payments?status=unknown_account&limit=1000")
+    _, payments = await harness.admin("GET", "/payments?status=unknown_account&limit=1000")
     assert stray["id"] in [p["event_id"] for p in payments["data"]]
 
 
@@ -163,6 +163,6 @@ async def test_unconfigured_currency_and_other_events(harness):
     other = event("payment_intent.created", account_id)
     assert (await send(harness, other))[1]["status"] == "ignored"
     assert await purchases(harness, account_id) == []
-    status, payments = await harness.admin("GET", "/payments?status=unconvertible&limit=1000")
+    _, payments = await harness.admin("GET", "/payments?status=unconvertible&limit=1000")
     [row] = [p for p in payments["data"] if p["event_id"] == odd["id"]]
     assert "chf" in row["detail"]

@@ -219,3 +219,83 @@ def test_sigterm_mid_stream_settles_before_exit(tmp_path, database_url):
     assert credits_to_micro(shown["total_spent"]) > 0
     assert credits_to_micro(shown["balance"]) == 5_000_000 - credits_to_micro(shown["total_spent"])
     assert rest.endswith(b"data: [DONE]\n\n")  # graceful: the open stream was let finish
+
+
+def test_operator_commands_cover_keys_grants_and_charges(config_path):
+    name = f"ops-{time.time_ns()}"
+    created = orjson.loads(cli(config_path, "accounts", "create", name, "--json").stdout)
+    assert created["api_key"].startswith("cg-") and created["purchase_link"].endswith(
+        f"client_reference_id={created['id']}"
+    )
+    shown = orjson.loads(cli(config_path, "accounts", "show", name, "--json").stdout)
+    assert shown["id"] == created["id"] and shown["purchase_link"] == created["purchase_link"]
+
+    grant = orjson.loads(
+        cli(config_path, "grants", "create", name, "2.5", "--reason", "welcome", "--json").stdout
+    )
+    assert (grant["amount"], grant["source"]) == ("2.5", "admin")
+    refused = cli(config_path, "grants", "create", name, "-100", "--reason", "no", check=False)
+    assert refused.returncode == 1 and "below zero" in refused.stderr
+    grants = orjson.loads(cli(config_path, "grants", "list", name, "--json").stdout)
+    assert [g["source"] for g in grants] == ["admin", "starter"]
+
+    key = cli(config_path, "keys", "create", name).stdout.strip()
+    keys = orjson.loads(cli(config_path, "keys", "list", name, "--json").stdout)
+    assert [k["prefix"] for k in keys][-1] == key[:10]
+    revoked = orjson.loads(cli(config_path, "keys", "revoke", str(keys[-1]["id"]), "--json").stdout)
+    assert revoked["revoked_at"]
+
+    updated = orjson.loads(
+        cli(config_path, "accounts", "update", name, "--disable", "--json").stdout
+    )
+    assert updated["disabled"] is True
+    listed = orjson.loads(cli(config_path, "accounts", "list", "--search", name, "--json").stdout)
+    assert [a["name"] for a in listed] == [name]
+    bad_group = cli(config_path, "accounts", "update", name, "--group", "gold", check=False)
+    assert bad_group.returncode == 2 and "no group" in bad_group.stderr
+
+    charges = cli(config_path, "charges", "list", "--account", name, "--csv").stdout
+    assert charges.splitlines()[0].startswith("request_id,account_id,group,model")
+
+
+def test_sighup_reloads_rates_and_keeps_serving(tmp_path, database_url):
+    port = free_port()
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        CONFIG.format(port=port, url=database_url, embedded=tmp_path / "pg", delay=0)
+    )
+    name = f"sighup-{time.time_ns()}"
+    key = cli(config_path, "accounts", "create", name).stdout.strip()
+    server = start_server({**os.environ, "CREDITGATE_CONFIG": str(config_path)}, port)
+
+    def chat() -> None:
+        request = Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=orjson.dumps({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        with urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+    def spent() -> int:
+        shown = orjson.loads(cli(config_path, "accounts", "show", name, "--json").stdout)
+        return credits_to_micro(shown["total_spent"])
+
+    try:
+        chat()
+        first = spent()
+        config_path.write_text(config_path.read_text().replace('input: "1"', 'input: "1001"'))
+        server.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        chat()
+        prompt = TokenCounter("cl100k_base").count_messages([{"role": "user", "content": "x"}])
+        assert spent() - first == first + prompt * 1000  # the input price rose by 1000
+        config_path.write_text(config_path.read_text().replace('"1001"', '"lots"'))
+        server.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        chat()  # still served, at the last good rate
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert b"config not reloaded" in output and b"models.demo.price" in output

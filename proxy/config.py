@@ -39,6 +39,7 @@ class ServerConfig:
     port: int
     max_body_bytes: int
     hold_ttl_seconds: float
+    auth_cache_seconds: float  # how long a revoked key may still work on another process
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,7 @@ def load_config(path: Path | str) -> Config:
         port=server.number("port", 8080, minimum=0, integer=True),
         max_body_bytes=int(server.number("max_body_mb", 32, minimum=0.001) * 1024 * 1024),
         hold_ttl_seconds=server.number("hold_ttl_seconds", 120, minimum=10),
+        auth_cache_seconds=server.number("auth_cache_seconds", 5, minimum=0),
     )
     server.finish()
 

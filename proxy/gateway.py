@@ -24,7 +24,6 @@ from proxy.upstream import Upstream, make_upstream
 
 log = logging.getLogger("creditgate")
 
-CALLER_CACHE_SECONDS = 5.0  # how long a revoked key may still work on another process
 SETTINGS_REFRESH_SECONDS = 5.0  # how soon another process's settings change is seen here
 _CALLER_CACHE_LIMIT = 100_000
 _MAX_USER_NAME = 200
@@ -36,7 +35,7 @@ class CallerCache:
     Keys are ("key", sha256) for API keys and ("user", name) for trusted-header users.
     """
 
-    def __init__(self, ttl: float = CALLER_CACHE_SECONDS) -> None:
+    def __init__(self, ttl: float) -> None:
         self._ttl = ttl
         self._entries: dict[Hashable, tuple[float, KeyOwner | None]] = {}
 
@@ -90,7 +89,7 @@ class Gateway:
         self.pool = pool
         self.ledger = Ledger(pool)
         self.accounts = Accounts(pool)
-        self.callers = CallerCache()
+        self.callers = CallerCache(config.server.auth_cache_seconds)
         self.inflight = InFlight()
         self.config = config
         self.settings = self._default_settings(config)

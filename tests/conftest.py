@@ -70,7 +70,8 @@ CONFIG_DEFAULTS = {
 }
 
 CONFIG_TEMPLATE = """
-server: {{host: 127.0.0.1, port: 0, max_body_mb: 1, hold_ttl_seconds: 60}}
+server: {{host: 127.0.0.1, port: 0, max_body_mb: 1, hold_ttl_seconds: 60,
+          auth_cache_seconds: 1}}
 database: {{url: "{database_url}"}}
 credits: {{starter: "0", purchase_link: "https://buy.stripe.com/test_abc"}}
 admin: {{tokens: ["{admin_token}", "second-admin-token"]}}

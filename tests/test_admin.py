@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import math
+import time
 import uuid
 from decimal import Decimal
 
@@ -14,6 +15,8 @@ import openai
 import pytest
 
 from billing.money import credits_to_micro
+from proxy.app import create_app
+from proxy.config import load_config
 from tests.conftest import Harness
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -400,3 +403,28 @@ async def test_sighup_style_reload_survives_concurrent_requests(harness):
     await harness.settled()
     assert len(await harness.charges(account_id)) == 10
     await harness.assert_invariant(account_id)
+
+
+async def test_revocation_reaches_another_gateway_process_within_the_cache_time(
+    harness, aiohttp_server
+):
+    # A second gateway on the same database stands for another creditgate process.
+    other = await aiohttp_server(create_app(load_config(harness.config_path)))
+    account_id, _ = await harness.account()
+    _, created = await harness.admin("POST", f"/accounts/{account_id}/keys")
+
+    async def credits_on_other() -> int:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                str(other.make_url("/v1/credits")),
+                headers={"Authorization": f"Bearer {created['key']}"},
+            ) as response:
+                return response.status
+
+    assert await credits_on_other() == 200  # cached there as valid
+    await harness.admin("DELETE", f"/keys/{created['id']}")
+    started = time.monotonic()
+    while await credits_on_other() == 200:
+        assert time.monotonic() - started < 3, "still accepted after the cache time"
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - started <= 1.5  # auth_cache_seconds: 1 in the test config

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import Request, urlopen
 
@@ -116,24 +117,8 @@ def _readme_block(language: str, index: int = 0) -> str:
 def test_serve_runs_the_readme_examples_and_shares_the_cli_ledger(config_path, tmp_path):
     port = int(re.search(r"port: (\d+)", config_path.read_text()).group(1))
     env = {**os.environ, "CREDITGATE_CONFIG": str(config_path)}
-    server = subprocess.Popen(
-        [*CREDITGATE, "serve"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = start_server(env, port)
     try:
-        for _ in range(300):
-            try:
-                with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("creditgate serve did not start")
-
         # The README's shell example, as written but for the port and the account name.
         bin_dir = tmp_path / "bin"
         (bin_dir / ".venv" / "bin").mkdir(parents=True)
@@ -188,25 +173,48 @@ def test_serve_runs_the_readme_examples_and_shares_the_cli_ledger(config_path, t
     assert b"creditgate listening" in output
 
 
-def test_sigterm_mid_stream_settles_before_exit(tmp_path, database_url):
+@dataclass
+class DemoServer:
+    """`creditgate serve` on the demo model, and one account's name and key."""
+
+    config_path: Path
+    port: int
+    name: str
+    key: str
+    process: subprocess.Popen
+
+    def chat(self, *, stream: bool = False) -> Request:
+        return Request(
+            f"http://127.0.0.1:{self.port}/v1/chat/completions",
+            data=orjson.dumps(
+                {"model": "demo", "stream": stream, "messages": [{"role": "user", "content": "x"}]}
+            ),
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+        )
+
+    def spent(self) -> int:
+        shown = orjson.loads(cli(self.config_path, "accounts", "show", self.name, "--json").stdout)
+        return credits_to_micro(shown["total_spent"])
+
+
+def demo_server(tmp_path: Path, database_url: str, *, delay: int) -> DemoServer:
     port = free_port()
     config_path = tmp_path / "config.yaml"
-    # The demo streams 34 tokens 100 ms apart: the stream is still running at SIGTERM.
     config_path.write_text(
-        CONFIG.format(port=port, url=database_url, embedded=tmp_path / "pg", delay=100)
+        CONFIG.format(port=port, url=database_url, embedded=tmp_path / "pg", delay=delay)
     )
-    name = f"sigterm-{time.time_ns()}"
+    name = f"served-{time.time_ns()}"
     key = cli(config_path, "accounts", "create", name).stdout.strip()
-    server = start_server({**os.environ, "CREDITGATE_CONFIG": str(config_path)}, port)
+    process = start_server({**os.environ, "CREDITGATE_CONFIG": str(config_path)}, port)
+    return DemoServer(config_path, port, name, key, process)
+
+
+def test_sigterm_mid_stream_settles_before_exit(tmp_path, database_url):
+    # The demo streams 34 tokens 100 ms apart: the stream is still running at SIGTERM.
+    served = demo_server(tmp_path, database_url, delay=100)
+    server, config_path, name = served.process, served.config_path, served.name
     try:
-        request = Request(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            data=orjson.dumps(
-                {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-            ),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        with urlopen(request, timeout=30) as response:
+        with urlopen(served.chat(stream=True), timeout=30) as response:
             assert response.readline().startswith(b"data: ")
             server.send_signal(signal.SIGTERM)
             rest = response.read()  # the stream may finish or be cut; either way it is paid
@@ -259,27 +267,12 @@ def test_operator_commands_cover_keys_grants_and_charges(config_path):
 
 
 def test_sighup_reloads_rates_and_keeps_serving(tmp_path, database_url):
-    port = free_port()
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(
-        CONFIG.format(port=port, url=database_url, embedded=tmp_path / "pg", delay=0)
-    )
-    name = f"sighup-{time.time_ns()}"
-    key = cli(config_path, "accounts", "create", name).stdout.strip()
-    server = start_server({**os.environ, "CREDITGATE_CONFIG": str(config_path)}, port)
+    served = demo_server(tmp_path, database_url, delay=0)
+    server, config_path, spent = served.process, served.config_path, served.spent
 
     def chat() -> None:
-        request = Request(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            data=orjson.dumps({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        with urlopen(request, timeout=30) as response:
+        with urlopen(served.chat(), timeout=30) as response:
             assert response.status == 200
-
-    def spent() -> int:
-        shown = orjson.loads(cli(config_path, "accounts", "show", name, "--json").stdout)
-        return credits_to_micro(shown["total_spent"])
 
     try:
         chat()

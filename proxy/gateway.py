@@ -114,9 +114,11 @@ class Gateway:
         self._retired += [u for u in self.upstreams.values() if u not in upstreams.values()]
         self.upstreams = upstreams
         self.config = config
-        for name, upstream in upstreams.items():
+
+    def _report_unavailable(self) -> None:
+        for name, upstream in self.upstreams.items():
             if not upstream.available:
-                served = [m.name for m in config.models.values() if m.provider == name]
+                served = [m.name for m in self.config.models.values() if m.provider == name]
                 log.warning(
                     "provider %r has no API key: its models %s are not served", name, served
                 )
@@ -129,6 +131,7 @@ class Gateway:
                 log.warning("config %s: changes take effect at the next restart", section)
         config = replace(config, server=self.config.server, database=self.config.database)
         self._apply(config)
+        self._report_unavailable()
         await self.refresh_settings()
         log.info("config reloaded from %s: %d models", config.path, len(config.models))
         return config
@@ -209,6 +212,7 @@ class Gateway:
     async def start(self) -> None:
         """Start serving: settings read, tokenizers loaded, background upkeep running."""
         await self.refresh_settings()
+        self._report_unavailable()
         for model in self.config.models.values():
             self.counter(model)  # load each vocabulary now, not on a caller's time
         loop = asyncio.get_running_loop()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from billing.database import open_pool, resolve_url
+from billing.ledger import LEDGER_UNAVAILABLE
+from metering import metrics
 from proxy.admin import add_admin_routes
 from proxy.bodies import MAX_BODY_BYTES, json_response
 from proxy.chat import chat_completions
@@ -32,6 +35,23 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the config is loaded and the database answers."""
+    gateway = request.app.get(GATEWAY)
+    if gateway is None:
+        return json_response({"status": "starting"}, status=503)
+    try:
+        await asyncio.wait_for(gateway.pool.fetchval("SELECT 1"), timeout=2)
+    except (TimeoutError, *LEDGER_UNAVAILABLE) as err:
+        return json_response({"status": "unavailable", "database": type(err).__name__}, 503)
+    return json_response({"status": "ready", "models": len(gateway.config.models)})
 
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -61,6 +81,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/v1/signup", signup)
     app.router.add_post("/webhooks/stripe", stripe_webhook)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     add_admin_routes(app)
     app[SIGNUPS] = SignupLimiter()
     return app

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from metering import metrics
 from metering.openai_chat import ChatStreamMeter, usage_from_chat_body
 from metering.sse import SSEParser
+from metering.tokens import TokenCounter
 from metering.usage import NO_USAGE, Usage
 from proxy.bodies import read_json_object
+from proxy.config import ModelConfig
 from proxy.errors import APIError, bad_request, upstream_error
 from proxy.gateway import GATEWAY
 from proxy.metered import MeteredCall, Outcome
-from proxy.upstream import UPSTREAM_FAILURES, UpstreamReply
+from proxy.upstream import UPSTREAM_FAILURES, Upstream, UpstreamReply
 
 
 def _positive_int(payload: dict[str, Any], key: str) -> int | None:
@@ -27,7 +31,35 @@ def _positive_int(payload: dict[str, Any], key: str) -> int | None:
     return value
 
 
+ENDPOINT = "chat.completions"
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.perf_counter()
+    try:
+        admitted = await _admit(request, arrived)
+    except APIError as err:
+        # Refused before any credit was held; counted under the model only if it is ours.
+        model = request.get(_MODEL_KEY)
+        outcome = Outcome.INSUFFICIENT_CREDITS if err.status == 402 else Outcome.REJECTED
+        metrics.requests.labels(
+            model.name if model else "",
+            model.provider if model else "",
+            ENDPOINT,
+            outcome,
+            str(err.status),
+        ).inc()
+        raise
+    return await _forward(request, *admitted)
+
+
+_MODEL_KEY = web.RequestKey("model", ModelConfig)
+
+
+async def _admit(
+    request: web.Request, arrived: float
+) -> tuple[MeteredCall, dict[str, Any], Upstream, TokenCounter, bool]:
+    """Everything before the provider: who, what, and the credit held for it."""
     gateway = request.app[GATEWAY]
     owner = await gateway.authenticate(request)
     payload = await read_json_object(request)
@@ -47,6 +79,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = gateway.config.models.get(name)
     if model is None:
         raise APIError(404, "model_not_found", f"The model {name!r} does not exist.", param="model")
+    request[_MODEL_KEY] = model
     upstream = gateway.upstreams[model.provider]
     if not upstream.available:
         raise APIError(
@@ -63,29 +96,50 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     choices = _positive_int(payload, "n") or 1
 
     counter = gateway.counter(model)
-    call = MeteredCall(gateway, owner, model, counter.count_messages(messages))
+    call = MeteredCall(
+        gateway,
+        owner,
+        model,
+        counter.count_messages(messages),
+        endpoint=ENDPOINT,
+        arrived=arrived,
+    )
     await call.hold(max_output * choices)
+    return call, payload, upstream, counter, stream
 
-    # Past the hold: every way out of here settles it, once.
+
+async def _forward(
+    request: web.Request,
+    call: MeteredCall,
+    payload: dict[str, Any],
+    upstream: Upstream,
+    counter: TokenCounter,
+    stream: bool,
+) -> web.StreamResponse:
+    """Past the hold: every way out of here settles it, once."""
     usage, outcome, status = NO_USAGE, Outcome.CLIENT_CLOSED, 499
     reply: UpstreamReply | None = None
     strip_usage = False
+    options = payload.get("stream_options")
     try:
-        payload["model"] = model.upstream
+        payload["model"] = call.model.upstream
         if stream and not (options or {}).get("include_usage"):
             # Ask for the authoritative usage, and hide that chunk from this caller.
             payload["stream_options"] = {**(options or {}), "include_usage": True}
             strip_usage = True
+        call.upstream_sent_at = time.perf_counter()
         try:
             reply = await upstream.chat(orjson.dumps(payload), payload)
         except APIError as err:
             outcome, status = Outcome.UPSTREAM_ERROR, err.status
             raise
+        call.upstream_headers_at = time.perf_counter()
         if reply.status != 200:
             outcome, status = Outcome.UPSTREAM_ERROR, reply.status
             return await _upstream_refusal(reply, call)
         if not stream:
             body = await reply.read()
+            call.upstream_done_at = time.perf_counter()
             usage = usage_from_chat_body(_json_or_none(body), counter, call.prompt_tokens)
             outcome, status = Outcome.OK, 200
             call.mark_first_byte()
@@ -154,6 +208,14 @@ class StreamRelay:
         return self.meter.usage(self.call.prompt_tokens)
 
     async def run(self) -> web.StreamResponse:
+        metrics.active_streams.inc()
+        try:
+            return await self._relay()
+        finally:
+            metrics.active_streams.dec()
+            self.call.upstream_done_at = time.perf_counter()
+
+    async def _relay(self) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
                 "Content-Type": self.reply.content_type,

@@ -77,6 +77,12 @@ class StripeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    account_labels: bool  # export per-account series (one per account: mind cardinality)
+    ledger_interval_seconds: float  # how often the ledger-wide gauges are read
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     type: str
@@ -110,6 +116,7 @@ class Config:
     admin: AdminConfig
     registration: RegistrationConfig
     stripe: StripeConfig
+    metrics: MetricsConfig
 
 
 class _DecimalLoader(yaml.SafeLoader):
@@ -277,6 +284,16 @@ def load_config(path: Path | str) -> Config:
     admin_config = AdminConfig(tokens=admin.strings("tokens", []))
     admin.finish()
 
+    metrics = top.section("metrics")
+    labels = metrics.raw("account_labels", False)
+    if not isinstance(labels, bool):
+        raise metrics.error("account_labels", "true or false")
+    metrics_config = MetricsConfig(
+        account_labels=labels,
+        ledger_interval_seconds=metrics.number("ledger_interval_seconds", 15, minimum=1),
+    )
+    metrics.finish()
+
     registration_config = _registration(top.section("registration"), groups)
     stripe_config = _stripe(top.section("stripe"))
     top.finish()
@@ -291,6 +308,7 @@ def load_config(path: Path | str) -> Config:
         admin=admin_config,
         registration=registration_config,
         stripe=stripe_config,
+        metrics=metrics_config,
     )
 
 

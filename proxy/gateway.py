@@ -17,6 +17,7 @@ from aiohttp import web
 from billing.accounts import Accounts, KeyOwner, hash_key
 from billing.ledger import LEDGER_UNAVAILABLE, Ledger
 from billing.settings import Settings, load_settings
+from metering import metrics
 from metering.tokens import TokenCounter
 from proxy.config import Config, ModelConfig, load_config
 from proxy.errors import APIError, ledger_unavailable, unauthorized
@@ -216,9 +217,12 @@ class Gateway:
         for model in self.config.models.values():
             self.counter(model)  # load each vocabulary now, not on a caller's time
         loop = asyncio.get_running_loop()
+        for provider in self.upstreams:
+            metrics.upstream_cooldowns.labels(provider).set(0)  # no cooldowns without routing
         self._tasks = [
             loop.create_task(self._maintain_holds()),
             loop.create_task(self._follow_settings()),
+            loop.create_task(self._read_ledger_gauges()),
         ]
 
     async def stop(self) -> None:
@@ -242,6 +246,23 @@ class Gateway:
                     log.warning("released %d expired holds", expired)
             except Exception:
                 log.exception("hold maintenance failed; retrying in %.0fs", ttl / 4)
+
+    async def read_ledger_gauges(self) -> None:
+        row = await self.pool.fetchrow(
+            "SELECT COALESCE(sum(balance), 0)::bigint AS outstanding,"
+            " count(*) FILTER (WHERE balance > 0) AS funded FROM accounts"
+        )
+        metrics.credits_outstanding.set(row["outstanding"] / metrics.MICRO)
+        metrics.funded_accounts.set(row["funded"])
+
+    async def _read_ledger_gauges(self) -> None:
+        """The ledger-wide gauges, read at a modest interval: they scan every account."""
+        while True:
+            try:
+                await self.read_ledger_gauges()
+            except Exception:
+                log.exception("reading the ledger gauges failed")
+            await asyncio.sleep(self.config.metrics.ledger_interval_seconds)
 
     async def _follow_settings(self) -> None:
         """Pick up settings that an operator changed through another process."""

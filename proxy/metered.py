@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TypeVar
 
 import orjson
 
 from billing.accounts import KeyOwner
 from billing.ledger import LEDGER_UNAVAILABLE, Charge
 from billing.money import micro_to_credits
+from metering import metrics
 from metering.usage import NO_USAGE, Usage
 from proxy.config import ModelConfig
 from proxy.errors import APIError, ledger_unavailable
 from proxy.gateway import Gateway
 
 log = logging.getLogger("creditgate.requests")
+T = TypeVar("T")
 
 # A stream that outgrows its hold asks for room for this many more output tokens at a time.
 EXTENSION_TOKENS = 256
@@ -31,23 +36,53 @@ class Outcome(StrEnum):
     CLIENT_CLOSED = "client_closed"
     UPSTREAM_ERROR = "upstream_error"
     INSUFFICIENT_CREDITS = "insufficient_credits"
+    REJECTED = "rejected"  # refused before any credit was held (bad input, auth, model)
+
+
+async def timed(operation: str, statement: Awaitable[T]) -> T:
+    """Run a ledger statement, observing its latency and counting its failures."""
+    started = time.perf_counter()
+    try:
+        return await statement
+    except BaseException:
+        metrics.ledger_errors.labels(operation).inc()
+        raise
+    finally:
+        metrics.ledger_seconds.labels(operation).observe(time.perf_counter() - started)
 
 
 class MeteredCall:
+    """A request from its hold to its settlement, with the times its metrics need."""
+
     def __init__(
-        self, gateway: Gateway, owner: KeyOwner, model: ModelConfig, prompt_tokens: int
+        self,
+        gateway: Gateway,
+        owner: KeyOwner,
+        model: ModelConfig,
+        prompt_tokens: int,
+        *,
+        endpoint: str,
+        arrived: float,
     ) -> None:
         self.gateway = gateway
         self.owner = owner
         self.model = model
         self.prompt_tokens = prompt_tokens
+        self.endpoint = endpoint
         self.price = model.rate.price_for(owner.group)  # fixed for the request's life
         self.request_id = f"req_{uuid.uuid4().hex}"
         self.held = 0
         self.started_at = datetime.now(UTC)
+        self._arrived = arrived  # perf_counter() when the request came in
         self.first_byte_at: float | None = None
-        self._t0 = time.perf_counter()
+        self.upstream_sent_at: float | None = None  # when the request went upstream
+        self.upstream_headers_at: float | None = None
+        self.upstream_done_at: float | None = None
         self._settled = False
+        self._gauged = False  # counted in the open-holds gauges
+
+    def _labels(self) -> tuple[str, str, str]:
+        return self.model.name, self.model.provider, self.endpoint
 
     async def hold(self, max_output_tokens: int) -> None:
         """Reserve the worst case before anything goes upstream; 402 when it is not there.
@@ -59,13 +94,16 @@ class MeteredCall:
         gateway = self.gateway
         gateway.inflight.request_ids.add(self.request_id)
         task = gateway.inflight.spawn(
-            gateway.ledger.hold(
-                self.request_id,
-                self.owner.account_id,
-                amount,
-                model=self.model.name,
-                provider=self.model.provider,
-                ttl_seconds=gateway.config.server.hold_ttl_seconds,
+            timed(
+                "hold",
+                gateway.ledger.hold(
+                    self.request_id,
+                    self.owner.account_id,
+                    amount,
+                    model=self.model.name,
+                    provider=self.model.provider,
+                    ttl_seconds=gateway.config.server.hold_ttl_seconds,
+                ),
             )
         )
         try:
@@ -83,6 +121,7 @@ class MeteredCall:
             raise
         if not granted:
             gateway.inflight.request_ids.discard(self.request_id)
+            metrics.insufficient_credits.labels(self.model.name).inc()
             link = gateway.purchase_link(self.owner.account_id)
             buy = f" Buy more at {link}" if link else ""
             raise APIError(
@@ -94,6 +133,9 @@ class MeteredCall:
                 purchase_link=link or None,
             )
         self.held = amount
+        self._gauged = True
+        metrics.open_holds.inc()
+        metrics.held_credits.inc(amount / metrics.MICRO)
 
     def output_tokens_covered(self) -> int:
         return self.price.output_tokens_covered(self.held, self.prompt_tokens)
@@ -104,15 +146,18 @@ class MeteredCall:
         extra = target - self.held
         if extra > 0:
             try:
-                extended = await self.gateway.ledger.extend_hold(
-                    self.request_id, self.owner.account_id, extra
+                extended = await timed(
+                    "extend",
+                    self.gateway.ledger.extend_hold(self.request_id, self.owner.account_id, extra),
                 )
             except LEDGER_UNAVAILABLE as err:
                 # Unable to reserve more, the stream must stop: no output goes unpaid.
                 log.error("cannot extend the hold of %s: %r", self.request_id, err)
                 return None
             if not extended:
+                metrics.insufficient_credits.labels(self.model.name).inc()
                 return None
+            metrics.held_credits.inc(extra / metrics.MICRO)
             self.held = target
         return self.output_tokens_covered()
 
@@ -152,7 +197,7 @@ class MeteredCall:
                 return  # the hold was never made: nothing to settle
             for attempt in range(_SETTLE_ATTEMPTS):
                 try:
-                    await self.gateway.ledger.settle(charge)
+                    await timed("settle", self.gateway.ledger.settle(charge))
                     break
                 except LEDGER_UNAVAILABLE as err:
                     # The charge row's request id makes a retry safe: it is written once.
@@ -162,15 +207,44 @@ class MeteredCall:
                 log.error("could not settle %s; its hold will expire", self.request_id)
         finally:
             self.gateway.inflight.request_ids.discard(self.request_id)
-        self._log(charge)
+        if self._gauged:
+            metrics.open_holds.dec()
+            metrics.held_credits.dec(self.held / metrics.MICRO)
+        self._observe(charge)
 
-    def _log(self, charge: Charge) -> None:
+    def _observe(self, charge: Charge) -> None:
+        """The request's metrics and its one log line."""
         now = time.perf_counter()
+        labels = self._labels()
+        metrics.requests.labels(*labels, charge.outcome, str(charge.http_status)).inc()
+        metrics.record_usage(
+            self.model.name,
+            self.model.provider,
+            self.owner.group,
+            charge.usage,
+            charge.credits,
+            charge.provider_cost,
+            str(self.owner.account_id) if self.gateway.config.metrics.account_labels else None,
+        )
+        total = now - self._arrived
+        metrics.duration.labels(*labels).observe(total)
+        if self.first_byte_at is not None:
+            metrics.time_to_first_byte.labels(*labels).observe(self.first_byte_at - self._arrived)
+        if self.upstream_sent_at is not None and self.upstream_headers_at is not None:
+            metrics.upstream_time_to_first_byte.labels(*labels).observe(
+                self.upstream_headers_at - self.upstream_sent_at
+            )
+            upstream = (self.upstream_done_at or now) - self.upstream_sent_at
+            metrics.overhead.labels(*labels).observe(max(total - upstream, 0.0))
+        self._log(charge, total)
+
+    def _log(self, charge: Charge, total: float) -> None:
         usage = charge.usage
         log.info(
             orjson.dumps(
                 {
                     "request_id": self.request_id,
+                    "pid": os.getpid(),
                     "account_id": self.owner.account_id,
                     "model": self.model.name,
                     "provider": self.model.provider,
@@ -180,8 +254,8 @@ class MeteredCall:
                     "output_tokens": usage.output_tokens,
                     "usage_source": usage.source.value,
                     "credits": micro_to_credits(charge.credits),
-                    "duration_ms": round((now - self._t0) * 1000, 3),
-                    "ttfb_ms": round((self.first_byte_at - self._t0) * 1000, 3)
+                    "duration_ms": round(total * 1000, 3),
+                    "ttfb_ms": round((self.first_byte_at - self._arrived) * 1000, 3)
                     if self.first_byte_at is not None
                     else None,
                 }

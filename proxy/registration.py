@@ -10,6 +10,7 @@ from aiohttp import web
 
 from billing.accounts import AccountExists
 from billing.money import micro_to_credits
+from metering import metrics
 from proxy.bodies import json_response, read_json_object, text_field
 from proxy.errors import APIError
 from proxy.gateway import GATEWAY
@@ -72,6 +73,7 @@ async def signup(request: web.Request) -> web.Response:
     name = text_field(body, "name", required=False) or f"user-{secrets.token_hex(6)}"
     wait = request.app[SIGNUPS].allow(request.remote or "", registration.signups_per_hour)
     if wait:
+        metrics.rate_limited.labels("signup").inc()
         raise APIError(
             429,
             "signup_rate_limited",

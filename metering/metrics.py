@@ -122,6 +122,18 @@ funded_accounts = Gauge(
 )
 
 MICRO = 1_000_000
+LEDGER_OPERATIONS = ("hold", "extend", "settle")
+
+
+def initialize(models: list[str], providers: list[str]) -> None:
+    """Create the known series at zero, so that a rate of "none yet" is 0, not missing."""
+    for model in models:
+        insufficient_credits.labels(model)
+    for provider in providers:
+        upstream_cooldowns.labels(provider).set(0)  # no cooldowns until routing has them
+    for operation in LEDGER_OPERATIONS:
+        ledger_errors.labels(operation)
+    rate_limited.labels("signup")
 
 
 def record_usage(

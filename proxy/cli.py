@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: server.workers, else 1)",
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     def group(name: str, help: str) -> argparse._SubParsersAction:
         return commands.add_parser(name, help=help).add_subparsers(dest="action", required=True)
@@ -108,7 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"creditgate: bad config: {err}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return serve(config, args.host, args.port)
+        host, port = args.host or config.server.host, args.port or config.server.port
+        workers = args.workers or config.server.workers
+        if workers > 1 and not args.worker:
+            from proxy.workers import supervise
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            return supervise(config, host, port, workers)
+        return serve(config, host, port, reuse_port=args.worker)
     try:
         return asyncio.run(_run(config, _ACTIONS[args.command, args.action], args))
     except CLIError as err:
@@ -116,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         return err.status
 
 
-def serve(config: Config, host: str | None, port: int | None) -> int:
+SHUTDOWN_SECONDS = 10.0  # how long open streams may run on after SIGTERM
+
+
+def serve(config: Config, host: str, port: int, *, reuse_port: bool = False) -> int:
     from proxy.app import create_app
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -128,19 +146,21 @@ def serve(config: Config, host: str | None, port: int | None) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(
-            _serve(create_app(config), host or config.server.host, port or config.server.port)
-        )
+        runner.run(_serve(create_app(config), host, port, reuse_port))
     return 0
 
 
-async def _serve(app: web.Application, host: str, port: int) -> None:
+async def _serve(app: web.Application, host: str, port: int, reuse_port: bool) -> None:
     # Cancel a handler whose caller went away, so its upstream stops and it settles at once.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=10)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
-    logging.getLogger("creditgate").info("creditgate listening on http://%s:%d", host, port)
+    logging.getLogger("creditgate").info(
+        "creditgate listening on http://%s:%d (pid %d)", host, port, os.getpid()
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,6 +40,7 @@ class ServerConfig:
     max_body_bytes: int
     hold_ttl_seconds: float
     auth_cache_seconds: float  # how long a revoked key may still work on another process
+    workers: int  # processes sharing the port
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,7 @@ def load_config(path: Path | str) -> Config:
         max_body_bytes=int(server.number("max_body_mb", 32, minimum=0.001) * 1024 * 1024),
         hold_ttl_seconds=server.number("hold_ttl_seconds", 120, minimum=10),
         auth_cache_seconds=server.number("auth_cache_seconds", 5, minimum=0),
+        workers=server.number("workers", 1, minimum=1, integer=True),
     )
     server.finish()
 

@@ -217,8 +217,7 @@ class Gateway:
         for model in self.config.models.values():
             self.counter(model)  # load each vocabulary now, not on a caller's time
         loop = asyncio.get_running_loop()
-        for provider in self.upstreams:
-            metrics.upstream_cooldowns.labels(provider).set(0)  # no cooldowns without routing
+        metrics.initialize(list(self.config.models), list(self.upstreams))
         self._tasks = [
             loop.create_task(self._maintain_holds()),
             loop.create_task(self._follow_settings()),

@@ -428,3 +428,23 @@ async def test_revocation_reaches_another_gateway_process_within_the_cache_time(
         assert time.monotonic() - started < 3, "still accepted after the cache time"
         await asyncio.sleep(0.1)
     assert time.monotonic() - started <= 1.5  # auth_cache_seconds: 1 in the test config
+
+
+async def test_per_account_metrics_only_when_the_operator_opts_in(harness):
+    from metering.metrics import exposition
+
+    account_id, key = await harness.account()
+    sdk = openai.AsyncOpenAI(base_url=harness.base_url, api_key=key, max_retries=0)
+    await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    await harness.settled()
+    series = f'creditgate_account_credits_charged_total{{account="{account_id}"}}'
+    assert series not in exposition()[0].decode()
+
+    harness.config_path.write_text(
+        harness.config_path.read_text() + "metrics: {account_labels: true}\n"
+    )
+    assert (await harness.admin("POST", "/reload"))[0] == 200
+    await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    await harness.settled()
+    [charge] = (await harness.charges(account_id))[-1:]
+    assert f"{series} {charge['credits'] / 1_000_000}" in exposition()[0].decode()

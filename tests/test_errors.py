@@ -133,3 +133,21 @@ async def test_unreachable_database_is_503_and_nothing_goes_upstream(harness):
         gateway.ledger.pool = gateway.accounts.pool = working
         await dead.close()
     assert harness.upstream.requests == []
+
+
+async def test_readyz_reports_the_database(harness):
+    url = str(harness.server.make_url("/readyz"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 200
+            assert (await response.json())["status"] == "ready"
+        gateway = harness.gateway
+        dead = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:1/none", min_size=0)
+        working, gateway.pool = gateway.pool, dead
+        try:
+            async with session.get(url) as response:
+                assert response.status == 503
+                assert (await response.json())["status"] == "unavailable"
+        finally:
+            gateway.pool = working
+            await dead.close()

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install run test bench profile lint format clean
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+# creditgate beside a bare aiohttp pass-through; numbers and plot in tests/bench/results/.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m tests.bench.run
+
+# A py-spy profile of creditgate's hot path under the bench's streaming load.
+profile: $(VENV)/.bench-installed
+	$(BIN)/python -m tests.bench.profile
 
 lint: install
 	$(BIN)/ruff check .

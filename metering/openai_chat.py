@@ -83,12 +83,23 @@ class ChatStreamMeter:
         if isinstance(choices, list):
             for choice in choices:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict) and (texts := _output_text(delta)):
+                if not isinstance(delta, dict):
+                    continue
+                if len(delta) == 1 and type(content := delta.get("content")) is str:
+                    texts = [content] if content else []  # the common delta: text only
+                else:
+                    texts = _output_text(delta)
+                if texts:
                     index = choice.get("index")
-                    self._pieces.setdefault(index if isinstance(index, int) else 0, []).extend(
-                        texts
-                    )
-                    self.output_tokens += sum(map(self._counter.count, texts))
+                    key = index if isinstance(index, int) else 0
+                    pieces = self._pieces.get(key)
+                    if pieces is None:
+                        pieces = self._pieces[key] = []
+                    pieces += texts
+                    count = self._counter.count
+                    self.output_tokens += sum(count(text) for text in texts)
+        if chunk.get("usage") is None:
+            return False
         usage = usage_from_openai(chunk.get("usage"))
         if usage is None:
             return False

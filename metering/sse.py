@@ -22,6 +22,10 @@ class SSEEvent(NamedTuple):
     raw: bytes
 
 
+def _new_event(fields: tuple[bytes | None, bytes | None, bytes]) -> SSEEvent:
+    return tuple.__new__(SSEEvent, fields)  # skips NamedTuple's Python-level __new__
+
+
 class SSEParser:
     """Feed it any split of an SSE byte stream; it returns each block once it is complete."""
 
@@ -34,10 +38,43 @@ class SSEParser:
         self._event: bytes | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not self._buf and b"\r" not in chunk:
+            return self._feed_lf(chunk)
+        return self._feed_any(chunk)
+
+    def _feed_lf(self, chunk: bytes) -> list[SSEEvent]:
+        """The common case, nothing buffered and LF line ends: split on blank lines in C."""
+        events: list[SSEEvent] = []
+        start, size, find = 0, len(chunk), chunk.find
+        while start < size:
+            if chunk[start] == 0x0A:  # a blank line on its own ends an empty block
+                events.append(SSEEvent(None, None, b"\n"))
+                start += 1
+                continue
+            end = find(b"\n\n", start)
+            if end < 0:
+                break
+            block = chunk[start:end]
+            if block.startswith(b"data:") and b"\n" not in block:
+                # One data line: nearly every event of a chat completion stream.
+                value = block[6:] if block[5:6] == b" " else block[5:]
+                events.append(_new_event((None, value, chunk[start : end + 2])))
+            else:
+                for line in block.split(b"\n"):
+                    self._field(line)
+                events.append(self._dispatch(chunk[start : end + 2]))
+            start = end + 2
+        if start < size:
+            self._buf += chunk[start:]  # an unfinished block: the general path takes it on
+            self._data, self._event = [], None
+        return events
+
+    def _feed_any(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._buf
         buf += chunk
         events: list[SSEEvent] = []
         pos = self._scan
+        block = 0  # where the current block starts in buf
         while True:
             match = _LINE_END.search(buf, pos)
             if match is None:
@@ -45,19 +82,24 @@ class SSEParser:
             end = match.end()
             if end == len(buf) and buf[-1] == 0x0D:
                 break  # a CR at the end may be the first half of a CRLF
-            line = bytes(buf[pos : match.start()])
+            if match.start() > pos:
+                self._field(bytes(buf[pos : match.start()]))
+            else:
+                events.append(self._dispatch(bytes(buf[block:end])))
+                block = end
             pos = end
-            if line:
-                self._field(line)
-                continue
-            data = b"\n".join(self._data) if self._data else None
-            events.append(SSEEvent(self._event, data, bytes(buf[:end])))
-            del buf[:end]
-            pos = 0
-            self._data = []
-            self._event = None
+        if block:
+            del buf[:block]  # once per feed, not once per event
+            pos -= block
         self._scan = pos
         return events
+
+    def _dispatch(self, raw: bytes) -> SSEEvent:
+        data = self._data
+        joined = (data[0] if len(data) == 1 else b"\n".join(data)) if data else None
+        event = SSEEvent(self._event, joined, raw)
+        self._data, self._event = [], None
+        return event
 
     @property
     def pending_size(self) -> int:
@@ -69,7 +111,7 @@ class SSEParser:
         return bytes(self._buf)
 
     def _field(self, line: bytes) -> None:
-        if line[0] == 0x3A:  # ":" starts a comment
+        if not line or line[0] == 0x3A:  # ":" starts a comment
             return
         name, sep, value = line.partition(b":")
         if sep and value[:1] == b" ":

@@ -59,3 +59,16 @@ def test_cr_at_chunk_end_waits_for_a_possible_lf():
     assert parser.feed(b"data: x\r\n\r") == []
     [event] = parser.feed(b"\ndata: y\n\n")[:1]
     assert event.raw == b"data: x\r\n\r\n"
+
+
+def test_lf_fast_path_and_general_path_agree():
+    # A stream without CR takes the fast path while nothing is buffered; cut anywhere,
+    # later feeds take the general path: the events must be the same either way.
+    stream = b": c\n\n\ndata: one\n\nevent: e\ndata: a\ndata: b\n\ndata:x\n\ndata: [DONE]\n\n"
+    whole = [(e.event, e.data, e.raw) for e in SSEParser().feed(stream)]
+    assert [d for _, d, _ in whole] == [None, None, b"one", b"a\nb", b"x", b"[DONE]"]
+    assert b"".join(r for _, _, r in whole) == stream
+    for cut in range(len(stream) + 1):
+        parser = SSEParser()
+        events = parser.feed(stream[:cut]) + parser.feed(stream[cut:])
+        assert [(e.event, e.data, e.raw) for e in events] == whole, cut

@@ -305,3 +305,22 @@ async def test_demo_model_streams_and_bills_without_any_provider(harness):
     prompt = TokenCounter("cl100k_base").count_messages(MESSAGES)
     assert charge["credits"] == micro(prompt, output, Decimal(1), Decimal(2))
     assert harness.upstream.requests == []
+
+
+def test_meter_keeps_choices_apart_and_counts_deltas_without_an_index():
+    from metering.openai_chat import ChatStreamMeter
+
+    meter = ChatStreamMeter(TokenCounter("o200k_base"))
+    for data in (
+        b'{"choices":[{"index":0,"delta":{"content":"Hello"}},{"index":1,"delta":{"content":"Hi"}}]}',
+        b'{"choices":[{"delta":{"content":" world"}}]}',
+        b'{"choices":[{"index":1,"delta":{"content":" there","role":"assistant"}}]}',
+        b'{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}',
+        b"not json",
+        b"[DONE]",
+    ):
+        assert meter.observe(data) is False
+    counter = TokenCounter("o200k_base")
+    expected = counter.count("Hello world{}") + counter.count("Hi there")
+    assert meter.usage(5).output_tokens == expected
+    assert meter.usage(5).source == "counted"

@@ -39,6 +39,7 @@ class Charge:
     outcome: str
     http_status: int
     started_at: datetime
+    ended_at: datetime
     group: str = "default"
 
 
@@ -66,28 +67,50 @@ SELECT $3, id, $2, $4, $5, now() + make_interval(secs => $6) FROM reserved
 RETURNING request_id
 """
 
-# Releases the hold, appends the charge and debits it, all in one statement. Without a
-# hold row (already settled, or expired and swept) it changes nothing.
+# Settles a batch in one statement: releases the holds, appends the charges and debits
+# them. Amounts are summed per account first, because one UPDATE changes a row once.
+# A request without a hold row (already settled, or expired and swept) changes nothing.
 _SETTLE = """
-WITH released AS (
-    DELETE FROM holds WHERE request_id = $1 RETURNING account_id, amount
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+                         $11::text[], $12::text[], $13::text[], $14::text[], $15::int[],
+                         $16::timestamptz[], $17::timestamptz[], $18::text[])
+        AS t(request_id, model, provider, upstream_model, input_tokens, output_tokens,
+             cached_tokens, reasoning_tokens, credits, provider_cost, price_input,
+             price_output, usage_source, outcome, http_status, started_at, ended_at,
+             group_name)
+), released AS (
+    DELETE FROM holds USING batch WHERE holds.request_id = batch.request_id
+    RETURNING holds.request_id, holds.account_id, holds.amount
 ), charged AS (
     INSERT INTO charges (request_id, account_id, model, provider, upstream_model,
                          input_tokens, output_tokens, cached_tokens, reasoning_tokens,
                          credits, provider_cost, price_input, price_output,
-                         usage_source, outcome, http_status, started_at, group_name)
-    SELECT $1, account_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-           $17
-    FROM released
+                         usage_source, outcome, http_status, started_at, ended_at,
+                         group_name)
+    SELECT b.request_id, r.account_id, b.model, b.provider, b.upstream_model,
+           b.input_tokens, b.output_tokens, b.cached_tokens, b.reasoning_tokens,
+           b.credits, b.provider_cost, b.price_input, b.price_output,
+           b.usage_source, b.outcome, b.http_status, b.started_at, b.ended_at,
+           b.group_name
+    FROM batch b JOIN released r ON r.request_id = b.request_id
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING credits
+    RETURNING request_id, credits
+), per_account AS (
+    SELECT r.account_id, sum(r.amount)::bigint AS released,
+           COALESCE(sum(c.credits), 0)::bigint AS spent
+    FROM released r LEFT JOIN charged c ON c.request_id = r.request_id
+    GROUP BY r.account_id
+), debited AS (
+    UPDATE accounts SET held = accounts.held - p.released,
+                        balance = accounts.balance - p.spent,
+                        total_spent = accounts.total_spent + p.spent,
+                        last_used_at = now()
+    FROM per_account p WHERE accounts.id = p.account_id
+    RETURNING accounts.id, accounts.balance
 )
-UPDATE accounts SET held = accounts.held - released.amount,
-                    balance = accounts.balance - COALESCE((SELECT credits FROM charged), 0),
-                    total_spent = accounts.total_spent + COALESCE((SELECT credits FROM charged), 0),
-                    last_used_at = now()
-FROM released WHERE accounts.id = released.account_id
-RETURNING accounts.balance
+SELECT r.request_id, d.balance FROM released r JOIN debited d ON d.id = r.account_id
 """
 
 # Holds whose process stopped renewing them: released, and recorded as charges of
@@ -215,27 +238,43 @@ class Ledger:
 
     async def settle(self, charge: Charge) -> int | None:
         """Release the hold and debit the charge; the new balance, or None if already settled."""
-        usage = charge.usage
-        return await self.pool.fetchval(
-            _SETTLE,
-            charge.request_id,
-            charge.model,
-            charge.provider,
-            charge.upstream_model,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_tokens,
-            usage.reasoning_tokens,
-            charge.credits,
-            charge.provider_cost,
-            charge.price_input,
-            charge.price_output,
-            usage.source.value,
-            charge.outcome,
-            charge.http_status,
-            charge.started_at,
-            charge.group,
-        )
+        return (await self.settle_many([charge])).get(charge.request_id)
+
+    async def settle_many(self, charges: list[Charge]) -> dict[str, int]:
+        """Settle a batch atomically: all of it or none of it, so a retry is always safe.
+
+        Returns the account's balance after the batch for each request that had a hold.
+        """
+        columns: list[list[object]] = [[] for _ in range(18)]
+        for charge in charges:
+            usage = charge.usage
+            for column, value in zip(
+                columns,
+                (
+                    charge.request_id,
+                    charge.model,
+                    charge.provider,
+                    charge.upstream_model,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.cached_tokens,
+                    usage.reasoning_tokens,
+                    charge.credits,
+                    charge.provider_cost,
+                    charge.price_input,
+                    charge.price_output,
+                    usage.source.value,
+                    charge.outcome,
+                    charge.http_status,
+                    charge.started_at,
+                    charge.ended_at,
+                    charge.group,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        rows = await self.pool.fetch(_SETTLE, *columns)
+        return {row["request_id"]: row["balance"] for row in rows}
 
     async def renew_holds(self, request_ids: list[str], ttl_seconds: float) -> None:
         if request_ids:

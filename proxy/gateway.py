@@ -17,6 +17,7 @@ from aiohttp import web
 from billing.accounts import Accounts, KeyOwner, hash_key
 from billing.ledger import LEDGER_UNAVAILABLE, Ledger
 from billing.settings import Settings, load_settings
+from billing.settlement import SettlementQueue
 from metering import metrics
 from metering.tokens import TokenCounter
 from proxy.config import Config, ModelConfig, load_config
@@ -89,6 +90,7 @@ class Gateway:
     def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.ledger = Ledger(pool)
+        self.settlements = SettlementQueue(self.ledger)
         self.accounts = Accounts(pool)
         self.callers = CallerCache(config.server.auth_cache_seconds)
         self.inflight = InFlight()

@@ -190,6 +190,7 @@ class MeteredCall:
             outcome=outcome,
             http_status=status,
             started_at=self.started_at,
+            ended_at=datetime.now(UTC),
             group=self.owner.group,
         )
         try:
@@ -197,7 +198,7 @@ class MeteredCall:
                 return  # the hold was never made: nothing to settle
             for attempt in range(_SETTLE_ATTEMPTS):
                 try:
-                    await timed("settle", self.gateway.ledger.settle(charge))
+                    await timed("settle", self.gateway.settlements.settle(charge))
                     break
                 except LEDGER_UNAVAILABLE as err:
                     # The charge row's request id makes a retry safe: it is written once.

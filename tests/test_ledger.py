@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from billing.ledger import Charge
+from billing.ledger import Charge, Ledger
+from billing.settlement import SettlementQueue
 from metering.usage import Usage, UsageSource
 
 
@@ -23,6 +24,7 @@ def charge(request_id: str, credits: int) -> Charge:
         outcome="ok",
         http_status=200,
         started_at=datetime.now(UTC),
+        ended_at=datetime.now(UTC),
     )
 
 
@@ -85,4 +87,97 @@ async def test_unrenewed_holds_expire_and_renewed_ones_stay(harness):
     # The process that held it comes back too late: nothing more is charged.
     assert await ledger.settle(charge(dead, 500)) is None
     assert await ledger.settle(charge(live, 150)) == 1_000_000 - 150
+    await harness.assert_invariant(account_id)
+
+
+async def test_one_batch_settles_many_requests_on_one_account_exactly(harness):
+    ledger = harness.ledger
+    account_id, _ = await harness.account("1")
+    ids = [f"r-batch-{account_id}-{n}" for n in range(50)]
+    for rid in ids:
+        assert await hold(ledger, rid, account_id, 1000)
+    other_id, _ = await harness.account("1")
+    assert await hold(ledger, f"r-batch-other-{other_id}", other_id, 1000)
+    batch = [charge(rid, n) for n, rid in enumerate(ids)]
+    batch.append(charge(f"r-batch-other-{other_id}", 7))
+    balances = await ledger.settle_many(batch)
+    assert set(balances) == {c.request_id for c in batch}
+    assert balances[ids[0]] == 1_000_000 - sum(range(50))  # the balance after the batch
+    assert await harness.balance(account_id) == (1_000_000 - sum(range(50)), 0)
+    assert await harness.balance(other_id) == (1_000_000 - 7, 0)
+    assert await ledger.settle_many(batch) == {}  # again: nothing more is charged
+    await harness.assert_invariant(account_id)
+    await harness.assert_invariant(other_id)
+
+
+async def test_a_batch_that_dies_before_commit_leaves_nothing_and_its_retry_settles_once(
+    harness,
+):
+    ledger = harness.ledger
+    account_id, _ = await harness.account("1")
+    ids = [f"r-crash-{account_id}-{n}" for n in range(10)]
+    for rid in ids:
+        assert await hold(ledger, rid, account_id, 1000)
+    batch = [charge(rid, 100) for rid in ids]
+    # The statement runs, then the process dies before the commit: a rollback.
+    async with ledger.pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        assert len(await Ledger(conn).settle_many(batch)) == 10
+        await transaction.rollback()
+    assert await harness.balance(account_id) == (1_000_000, 10_000)
+    assert await harness.charges(account_id) == []
+    assert len(await ledger.settle_many(batch)) == 10
+    assert await ledger.settle_many(batch) == {}
+    assert await harness.balance(account_id) == (1_000_000 - 1000, 0)
+    assert len(await harness.charges(account_id)) == 10
+    await harness.assert_invariant(account_id)
+
+
+class CountingLedger:
+    """The real ledger, counting its batches; it can fail the first one."""
+
+    def __init__(self, ledger, fail_first: bool = False) -> None:
+        self.ledger, self.batches, self.fail_first = ledger, [], fail_first
+
+    async def settle_many(self, charges):
+        self.batches.append(len(charges))
+        if self.fail_first and len(self.batches) == 1:
+            raise ConnectionResetError("the database went away")
+        return await self.ledger.settle_many(charges)
+
+
+async def test_concurrent_settlements_share_batches_and_lose_nothing(harness):
+    account_id, _ = await harness.account("1")
+    ids = [f"r-queue-{account_id}-{n}" for n in range(200)]
+    for rid in ids:
+        assert await hold(harness.ledger, rid, account_id, 100)
+    counting = CountingLedger(harness.ledger)
+    queue = SettlementQueue(counting)
+    results = await asyncio.gather(*(queue.settle(charge(rid, 3)) for rid in ids))
+    assert sum(counting.batches) == 200
+    assert len(counting.batches) < 200 / 4, counting.batches  # batched, not one by one
+    assert min(results) == 1_000_000 - 600
+    assert await harness.balance(account_id) == (1_000_000 - 600, 0)
+    await harness.assert_invariant(account_id)
+
+
+async def test_a_failed_batch_fails_its_requests_and_a_resubmission_settles_them(harness):
+    account_id, _ = await harness.account("1")
+    ids = [f"r-retry-{account_id}-{n}" for n in range(20)]
+    for rid in ids:
+        assert await hold(harness.ledger, rid, account_id, 100)
+    queue = SettlementQueue(CountingLedger(harness.ledger, fail_first=True))
+
+    async def settle_with_retry(rid: str) -> int | None:
+        for _ in range(3):
+            try:
+                return await queue.settle(charge(rid, 5))
+            except ConnectionResetError:
+                continue
+        raise AssertionError("never settled")
+
+    await asyncio.gather(*(settle_with_retry(rid) for rid in ids))
+    assert await harness.balance(account_id) == (1_000_000 - 100, 0)
+    assert len(await harness.charges(account_id)) == 20
     await harness.assert_invariant(account_id)

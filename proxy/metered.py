@@ -193,25 +193,31 @@ class MeteredCall:
             ended_at=datetime.now(UTC),
             group=self.owner.group,
         )
+        written = False
         try:
             if after is not None and not await after:
                 return  # the hold was never made: nothing to settle
             for attempt in range(_SETTLE_ATTEMPTS):
                 try:
-                    await timed("settle", self.gateway.settlements.settle(charge))
+                    balance = await timed("settle", self.gateway.settlements.settle(charge))
+                    # None: the hold was gone (expired and swept), so nothing was charged.
+                    written = balance is not None
                     break
                 except LEDGER_UNAVAILABLE as err:
                     # The charge row's request id makes a retry safe: it is written once.
                     log.warning("settling %s failed (%s), retrying", self.request_id, err)
                     await asyncio.sleep(0.2 * 2**attempt)
-            else:
-                log.error("could not settle %s; its hold will expire", self.request_id)
+        except Exception:
+            log.exception("settling %s failed", self.request_id)
         finally:
             self.gateway.inflight.request_ids.discard(self.request_id)
         if self._gauged:
             metrics.open_holds.dec()
             metrics.held_credits.dec(self.held / metrics.MICRO)
-        self._observe(charge)
+        if written:
+            self._observe(charge)  # counted once it is in the ledger, so the two agree
+        else:
+            log.error("could not settle %s; its hold will expire", self.request_id)
 
     def _observe(self, charge: Charge) -> None:
         """The request's metrics and its one log line."""

@@ -9,6 +9,8 @@ PROMETHEUS_MULTIPROC_DIR environment variable, set before this module is importe
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -122,6 +124,15 @@ funded_accounts = Gauge(
 )
 
 MICRO = 1_000_000
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """metric.labels(*values), remembered: the label sets are few (configured models,
+    providers, groups, outcomes) and labels() takes a lock and checks each value."""
+    return metric.labels(*values)
+
+
 LEDGER_OPERATIONS = ("hold", "extend", "settle")
 
 
@@ -153,9 +164,9 @@ def record_usage(
         ("cached", usage.cached_tokens),
         ("reasoning", usage.reasoning_tokens),
     ):
-        tokens.labels(model, provider, group, kind, source).inc(count)
-    credits_charged.labels(model, provider, group).inc(charged / MICRO)
-    provider_cost.labels(model, provider, group).inc(cost / MICRO)
+        child(tokens, model, provider, group, kind, source).inc(count)
+    child(credits_charged, model, provider, group).inc(charged / MICRO)
+    child(provider_cost, model, provider, group).inc(cost / MICRO)
     if account is not None:
         account_credits_charged.labels(account).inc(charged / MICRO)
 

@@ -45,10 +45,10 @@ async def timed(operation: str, statement: Awaitable[T]) -> T:
     try:
         return await statement
     except BaseException:
-        metrics.ledger_errors.labels(operation).inc()
+        metrics.child(metrics.ledger_errors, operation).inc()
         raise
     finally:
-        metrics.ledger_seconds.labels(operation).observe(time.perf_counter() - started)
+        metrics.child(metrics.ledger_seconds, operation).observe(time.perf_counter() - started)
 
 
 class MeteredCall:
@@ -223,7 +223,7 @@ class MeteredCall:
         """The request's metrics and its one log line."""
         now = time.perf_counter()
         labels = self._labels()
-        metrics.requests.labels(*labels, charge.outcome, str(charge.http_status)).inc()
+        metrics.child(metrics.requests, *labels, charge.outcome, str(charge.http_status)).inc()
         metrics.record_usage(
             self.model.name,
             self.model.provider,
@@ -234,15 +234,17 @@ class MeteredCall:
             str(self.owner.account_id) if self.gateway.config.metrics.account_labels else None,
         )
         total = now - self._arrived
-        metrics.duration.labels(*labels).observe(total)
+        metrics.child(metrics.duration, *labels).observe(total)
         if self.first_byte_at is not None:
-            metrics.time_to_first_byte.labels(*labels).observe(self.first_byte_at - self._arrived)
+            metrics.child(metrics.time_to_first_byte, *labels).observe(
+                self.first_byte_at - self._arrived
+            )
         if self.upstream_sent_at is not None and self.upstream_headers_at is not None:
-            metrics.upstream_time_to_first_byte.labels(*labels).observe(
+            metrics.child(metrics.upstream_time_to_first_byte, *labels).observe(
                 self.upstream_headers_at - self.upstream_sent_at
             )
             upstream = (self.upstream_done_at or now) - self.upstream_sent_at
-            metrics.overhead.labels(*labels).observe(max(total - upstream, 0.0))
+            metrics.child(metrics.overhead, *labels).observe(max(total - upstream, 0.0))
         self._log(charge, total)
 
     def _log(self, charge: Charge, total: float) -> None:

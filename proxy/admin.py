@@ -22,10 +22,10 @@ from billing.accounts import AccountExists
 from billing.money import credits_to_micro, micro_to_credits
 from billing.reports import ChargeFilter, list_charges, usage_summary
 from billing.settings import save_settings
-from proxy.bodies import invalid, json_response, read_json_object, text_field
+from proxy.bodies import bearer_token, invalid, json_response, read_json_object, text_field
 from proxy.config import ConfigError
 from proxy.errors import APIError
-from proxy.gateway import GATEWAY, Gateway
+from proxy.gateway import GATEWAY, Gateway, key_credential
 from proxy.openapi import document
 from proxy.views import (
     account_view,
@@ -51,8 +51,7 @@ def not_found(what: str) -> APIError:
 def admin_only(handler: Handler) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
         tokens = request.app[GATEWAY].config.admin.tokens
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        offered = token.strip().encode()
+        offered = bearer_token(request).encode()
         # Every configured token is compared, in constant time, whatever matches first.
         matches = [hmac.compare_digest(offered, t.encode()) for t in tokens]
         if not tokens:
@@ -62,7 +61,7 @@ def admin_only(handler: Handler) -> Handler:
                 "The admin API is off: set admin.tokens.",
                 type="authentication_error",
             )
-        if scheme.lower() != "bearer" or not offered or not any(matches):
+        if not offered or not any(matches):
             raise APIError(
                 401,
                 "invalid_admin_token",
@@ -247,7 +246,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     if revoked is None:
         raise not_found(f"key with id {key_id}")
     key, key_hash = revoked
-    gateway.callers.forget(("key", key_hash))  # here at once; elsewhere within the cache TTL
+    gateway.callers.forget(key_credential(key_hash))  # here now; elsewhere within the TTL
     return json_response(key_view(key))
 
 
@@ -301,13 +300,18 @@ async def list_all_grants(request: web.Request) -> web.Response:
 # --- charges and usage --------------------------------------------------------------
 
 
-def _charge_filter(request: web.Request) -> ChargeFilter:
-    query = request.query
-    account = query.get("account")
+def _account_query(request: web.Request) -> int | None:
+    """The optional `account` filter of a list or summary."""
+    account = request.query.get("account")
     if account is not None and not account.isdigit():
         raise invalid("account", "an account id")
+    return int(account) if account else None
+
+
+def _charge_filter(request: web.Request) -> ChargeFilter:
+    query = request.query
     return ChargeFilter(
-        account_id=int(account) if account else None,
+        account_id=_account_query(request),
         model=query.get("model") or None,
         provider=query.get("provider") or None,
         outcome=query.get("outcome") or None,
@@ -356,8 +360,7 @@ async def list_charges_csv(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     before, header = None, True
     while rows := await list_charges(gateway.pool, where, before=before, limit=MAX_PAGE):
-        text = charges_csv([charge_view(row) for row in rows])
-        await response.write((text if header else text.split("\n", 1)[1]).encode())
+        await response.write(charges_csv([charge_view(row) for row in rows], header).encode())
         header = False
         before = rows[-1]["ended_at"], rows[-1]["request_id"]
     if header:
@@ -372,10 +375,7 @@ async def usage(request: web.Request) -> web.Response:
     by = request.query.get("by", "model")
     if by not in ("model", "day"):
         raise invalid("by", "model or day")
-    account = request.query.get("account")
-    if account is not None and not account.isdigit():
-        raise invalid("account", "an account id")
-    rows = await usage_summary(gateway.pool, by, int(account) if account else None)
+    rows = await usage_summary(gateway.pool, by, _account_query(request))
     return json_response({"by": by, "data": [usage_view(row, by) for row in rows]})
 
 

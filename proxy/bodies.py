@@ -1,4 +1,4 @@
-"""Reading JSON request bodies and writing JSON responses."""
+"""Reading requests (JSON bodies, bearer tokens) and writing JSON responses."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from aiohttp import web
 from proxy.errors import APIError, bad_request
 
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+
+
+def bearer_token(request: web.Request) -> str:
+    """The token of `Authorization: Bearer <token>`, or "" without one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from billing.settings import Settings, load_settings
 from billing.settlement import SettlementQueue
 from metering import metrics
 from metering.tokens import TokenCounter
+from proxy.bodies import bearer_token
 from proxy.config import Config, ModelConfig, load_config
 from proxy.errors import APIError, ledger_unavailable, unauthorized
 from proxy.upstream import Upstream, make_upstream
@@ -29,6 +30,11 @@ log = logging.getLogger("creditgate")
 SETTINGS_REFRESH_SECONDS = 5.0  # how soon another process's settings change is seen here
 _CALLER_CACHE_LIMIT = 100_000
 _MAX_USER_NAME = 200
+
+
+def key_credential(key_hash: bytes) -> tuple[str, bytes]:
+    """The caller cache's entry for an API key, by the key's SHA-256."""
+    return ("key", key_hash)
 
 
 class CallerCache:
@@ -134,6 +140,7 @@ class Gateway:
                 log.warning("config %s: changes take effect at the next restart", section)
         config = replace(config, server=self.config.server, database=self.config.database)
         self._apply(config)
+        self._load_tokenizers()
         self._report_unavailable()
         await self.refresh_settings()
         log.info("config reloaded from %s: %d models", config.path, len(config.models))
@@ -142,6 +149,10 @@ class Gateway:
     async def refresh_settings(self) -> Settings:
         self.settings = await load_settings(self.pool, self._default_settings(self.config))
         return self.settings
+
+    def _load_tokenizers(self) -> None:
+        for model in self.config.models.values():
+            self.counter(model)  # load each vocabulary now, not on a caller's time
 
     def counter(self, model: ModelConfig) -> TokenCounter:
         counter = self._counters.get(model.encoding)
@@ -170,12 +181,10 @@ class Gateway:
         return owner
 
     async def _key_owner(self, request: web.Request) -> KeyOwner:
-        header = request.headers.get("Authorization", "")
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        key = bearer_token(request)
+        if not key:
             raise unauthorized("No API key: send it as 'Authorization: Bearer <key>'.")
-        credential = ("key", hash_key(key))
+        credential = key_credential(hash_key(key))
         known, owner = self.callers.get(credential)
         if not known:
             owner = await self.accounts.find_key(key)
@@ -216,8 +225,7 @@ class Gateway:
         """Start serving: settings read, tokenizers loaded, background upkeep running."""
         await self.refresh_settings()
         self._report_unavailable()
-        for model in self.config.models.values():
-            self.counter(model)  # load each vocabulary now, not on a caller's time
+        self._load_tokenizers()
         loop = asyncio.get_running_loop()
         metrics.initialize(list(self.config.models), list(self.upstreams))
         self._tasks = [

@@ -112,16 +112,15 @@ class MeteredCall:
             self.held = amount
             self.finish(NO_USAGE, Outcome.CLIENT_CLOSED, 499, after=task)
             raise
-        except LEDGER_UNAVAILABLE as err:
+        except BaseException as err:
             gateway.inflight.request_ids.discard(self.request_id)
-            log.error("cannot hold credit for %s: %r", self.request_id, err)
-            raise ledger_unavailable() from None
-        except BaseException:
-            gateway.inflight.request_ids.discard(self.request_id)
+            if isinstance(err, LEDGER_UNAVAILABLE):
+                log.error("cannot hold credit for %s: %r", self.request_id, err)
+                raise ledger_unavailable() from None
             raise
         if not granted:
             gateway.inflight.request_ids.discard(self.request_id)
-            metrics.insufficient_credits.labels(self.model.name).inc()
+            metrics.child(metrics.insufficient_credits, self.model.name).inc()
             link = gateway.purchase_link(self.owner.account_id)
             buy = f" Buy more at {link}" if link else ""
             raise APIError(
@@ -155,7 +154,7 @@ class MeteredCall:
                 log.error("cannot extend the hold of %s: %r", self.request_id, err)
                 return None
             if not extended:
-                metrics.insufficient_credits.labels(self.model.name).inc()
+                metrics.child(metrics.insufficient_credits, self.model.name).inc()
                 return None
             metrics.held_credits.inc(extra / metrics.MICRO)
             self.held = target

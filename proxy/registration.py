@@ -14,9 +14,13 @@ from metering import metrics
 from proxy.bodies import json_response, read_json_object, text_field
 from proxy.errors import APIError
 from proxy.gateway import GATEWAY
+from proxy.views import account_view
 
 SIGNUP_WINDOW = 3600.0  # seconds over which per-address sign-ups are counted
 _TRACKED_ADDRESSES = 100_000
+
+
+CALLER_FIELDS = ("balance", "pending", "total_purchased", "purchase_link")
 
 
 async def credits(request: web.Request) -> web.Response:
@@ -24,14 +28,8 @@ async def credits(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     owner = await gateway.authenticate(request)
     account = await gateway.accounts.get(owner.account_id)
-    return json_response(
-        {
-            "balance": micro_to_credits(account.balance),
-            "pending": micro_to_credits(account.pending),
-            "total_purchased": micro_to_credits(account.total_purchased),
-            "purchase_link": gateway.purchase_link(account.id) or None,
-        }
-    )
+    view = account_view(account, gateway.purchase_link(account.id))
+    return json_response({field: view[field] for field in CALLER_FIELDS})
 
 
 class SignupLimiter:

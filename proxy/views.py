@@ -92,10 +92,11 @@ def usage_view(row: asyncpg.Record, by: str) -> dict[str, Any]:
     }
 
 
-def charges_csv(rows: list[dict[str, Any]]) -> str:
-    """Charge views as CSV, with a header line."""
+def charges_csv(rows: list[dict[str, Any]], header: bool = True) -> str:
+    """Charge views as CSV, with a header line unless this continues a file."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CHARGE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

@@ -229,9 +229,3 @@ class Accounts:
             limit,
         )
         return [Grant(*row.values()) for row in rows]
-
-    async def grant(self, grant_id: int) -> Grant | None:
-        row = await self.pool.fetchrow(
-            f"SELECT {GRANT_COLUMNS} FROM credit_grants WHERE id = $1", grant_id
-        )
-        return Grant(*row.values()) if row else None

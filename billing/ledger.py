@@ -41,6 +41,21 @@ class Charge:
     started_at: datetime
     ended_at: datetime
     group: str = "default"
+    endpoint: str = "chat.completions"
+    deployment: str = ""  # the deployment that served it ("" when none was reached)
+    prices: str = "{}"  # JSON: every price that applied, in credits
+
+    def columns(self) -> tuple[object, ...]:
+        """The values of _SETTLE's batch columns, in their order."""
+        usage = self.usage
+        return (
+            self.request_id, self.model, self.provider, self.upstream_model,
+            usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+            usage.reasoning_tokens, usage.cache_write_tokens, usage.images, self.credits,
+            self.provider_cost, self.price_input, self.price_output, usage.source.value,
+            self.outcome, self.http_status, self.started_at, self.ended_at, self.group,
+            self.endpoint, self.deployment, self.prices,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,26 +89,27 @@ _SETTLE = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                          $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-                         $11::text[], $12::text[], $13::text[], $14::text[], $15::int[],
-                         $16::timestamptz[], $17::timestamptz[], $18::text[])
+                         $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[],
+                         $16::text[], $17::int[], $18::timestamptz[], $19::timestamptz[],
+                         $20::text[], $21::text[], $22::text[], $23::jsonb[])
         AS t(request_id, model, provider, upstream_model, input_tokens, output_tokens,
-             cached_tokens, reasoning_tokens, credits, provider_cost, price_input,
-             price_output, usage_source, outcome, http_status, started_at, ended_at,
-             group_name)
+             cached_tokens, reasoning_tokens, cache_write_tokens, images, credits,
+             provider_cost, price_input, price_output, usage_source, outcome, http_status,
+             started_at, ended_at, group_name, endpoint, deployment, prices)
 ), released AS (
     DELETE FROM holds USING batch WHERE holds.request_id = batch.request_id
     RETURNING holds.request_id, holds.account_id, holds.amount
 ), charged AS (
     INSERT INTO charges (request_id, account_id, model, provider, upstream_model,
                          input_tokens, output_tokens, cached_tokens, reasoning_tokens,
-                         credits, provider_cost, price_input, price_output,
-                         usage_source, outcome, http_status, started_at, ended_at,
-                         group_name)
+                         cache_write_tokens, images, credits, provider_cost, price_input,
+                         price_output, usage_source, outcome, http_status, started_at,
+                         ended_at, group_name, endpoint, deployment, prices)
     SELECT b.request_id, r.account_id, b.model, b.provider, b.upstream_model,
            b.input_tokens, b.output_tokens, b.cached_tokens, b.reasoning_tokens,
-           b.credits, b.provider_cost, b.price_input, b.price_output,
-           b.usage_source, b.outcome, b.http_status, b.started_at, b.ended_at,
-           b.group_name
+           b.cache_write_tokens, b.images, b.credits, b.provider_cost, b.price_input,
+           b.price_output, b.usage_source, b.outcome, b.http_status, b.started_at,
+           b.ended_at, b.group_name, b.endpoint, b.deployment, b.prices
     FROM batch b JOIN released r ON r.request_id = b.request_id
     ON CONFLICT (request_id) DO NOTHING
     RETURNING request_id, credits
@@ -245,34 +261,7 @@ class Ledger:
 
         Returns the account's balance after the batch for each request that had a hold.
         """
-        columns: list[list[object]] = [[] for _ in range(18)]
-        for charge in charges:
-            usage = charge.usage
-            for column, value in zip(
-                columns,
-                (
-                    charge.request_id,
-                    charge.model,
-                    charge.provider,
-                    charge.upstream_model,
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.cached_tokens,
-                    usage.reasoning_tokens,
-                    charge.credits,
-                    charge.provider_cost,
-                    charge.price_input,
-                    charge.price_output,
-                    usage.source.value,
-                    charge.outcome,
-                    charge.http_status,
-                    charge.started_at,
-                    charge.ended_at,
-                    charge.group,
-                ),
-                strict=True,
-            ):
-                column.append(value)
+        columns = [list(column) for column in zip(*(c.columns() for c in charges), strict=True)]
         rows = await self.pool.fetch(_SETTLE, *columns)
         return {row["request_id"]: row["balance"] for row in rows}
 

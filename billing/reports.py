@@ -11,8 +11,9 @@ import asyncpg
 CHARGE_FIELDS = (
     "request_id", "account_id", "group_name", "model", "provider", "upstream_model",
     "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "images",
-    "credits", "provider_cost", "price_input", "price_output", "usage_source", "outcome",
-    "http_status", "started_at", "ended_at",
+    "cache_write_tokens", "credits", "provider_cost", "price_input", "price_output",
+    "prices", "usage_source", "outcome", "http_status", "started_at", "ended_at", "endpoint",
+    "deployment",
 )  # fmt: skip
 
 

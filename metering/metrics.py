@@ -46,6 +46,7 @@ requests = Counter(
 tokens = Counter(
     "creditgate_tokens", "Tokens billed, by kind and usage source", (*_MONEY, "kind", "source")
 )
+images = Counter("creditgate_images", "Images generated and billed", _MONEY)
 credits_charged = Counter(
     "creditgate_credits_charged", "Credits charged to callers (revenue)", _MONEY
 )
@@ -113,6 +114,11 @@ upstream_cooldowns = Gauge(
     ("provider",),
     multiprocess_mode="livemax",
 )
+upstream_failures = Counter(
+    "creditgate_upstream_failures",
+    "Upstream attempts that failed and were retried or failed over",
+    ("provider", "reason"),
+)
 credits_outstanding = Gauge(
     "creditgate_credits_outstanding",
     "Credits on all accounts' balances (read from the ledger)",
@@ -142,7 +148,7 @@ def initialize(models: list[str], providers: list[str]) -> None:
     for model in models:
         insufficient_credits.labels(model)
     for provider in providers:
-        upstream_cooldowns.labels(provider).set(0)  # no cooldowns until routing has them
+        upstream_cooldowns.labels(provider).set(0)
     for operation in LEDGER_OPERATIONS:
         ledger_errors.labels(operation)
     rate_limited.labels("signup")
@@ -164,8 +170,11 @@ def record_usage(
         ("output", usage.output_tokens),
         ("cached", usage.cached_tokens),
         ("reasoning", usage.reasoning_tokens),
+        ("cache_write", usage.cache_write_tokens),
     ):
         child(tokens, model, provider, group, kind, source).inc(count)
+    if usage.images:
+        child(images, model, provider, group).inc(usage.images)
     child(credits_charged, model, provider, group).inc(charged / MICRO)
     child(provider_cost, model, provider, group).inc(cost / MICRO)
     if account is not None:

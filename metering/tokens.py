@@ -140,3 +140,22 @@ def _text_of(value: Any) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
+
+
+# Keys whose strings are not text a model reads as tokens: pictures, files, links.
+_NOT_TEXT = frozenset({"data", "url", "image_url", "file_data", "source", "image", "file_id"})
+
+
+def count_json_text(counter: TokenCounter, value: Any) -> int:
+    """Tokens of every string in a JSON value, except binary or link fields: an estimate
+    for prompts whose exact accounting is the provider's (Anthropic messages, Responses
+    input, tool definitions). Used for holds and when a provider reports no usage."""
+    if isinstance(value, str):
+        return counter.count(value)
+    if isinstance(value, list):
+        return sum(count_json_text(counter, item) for item in value)
+    if isinstance(value, dict):
+        return sum(
+            count_json_text(counter, item) for key, item in value.items() if key not in _NOT_TEXT
+        )
+    return 0

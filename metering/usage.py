@@ -14,10 +14,16 @@ class UsageSource(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts in OpenAI's sense: `input_tokens` is the whole prompt, of which
+    `cached_tokens` were read from and `cache_write_tokens` written to a prompt cache;
+    `output_tokens` includes the `reasoning_tokens`. `images` counts generated images."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0  # part of input_tokens
     reasoning_tokens: int = 0  # part of output_tokens
+    cache_write_tokens: int = 0  # part of input_tokens
+    images: int = 0
     source: UsageSource = UsageSource.NONE
 
 

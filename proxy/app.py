@@ -12,24 +12,48 @@ from billing.ledger import LEDGER_UNAVAILABLE
 from metering import metrics
 from proxy.admin import add_admin_routes
 from proxy.bodies import MAX_BODY_BYTES, json_response
-from proxy.chat import chat_completions
+from proxy.chat import ChatCompletions
 from proxy.config import Config
 from proxy.errors import error_middleware
+from proxy.exchange import Surface
 from proxy.gateway import GATEWAY, Gateway
+from proxy.media import Embeddings, ImageGenerations
+from proxy.messages import Messages
 from proxy.registration import SIGNUPS, SignupLimiter, credits, signup
+from proxy.responses import Responses
 from proxy.webhooks import stripe_webhook
 
 CONFIG = web.AppKey("config", Config)
+SURFACES: tuple[Surface, ...] = (
+    ChatCompletions(),
+    Messages(),
+    Responses(),
+    Embeddings(),
+    ImageGenerations(),
+)
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """The models this caller can use, priced for the caller's group."""
     gateway = request.app[GATEWAY]
-    await gateway.authenticate(request)
-    data = [
-        {"id": model.name, "object": "model", "created": 0, "owned_by": model.provider}
-        for model in gateway.config.models.values()
-        if gateway.upstreams[model.provider].available
-    ]
+    owner = await gateway.authenticate(request, x_api_key=True)
+    data = []
+    for model in gateway.config.models.values():
+        providers = [d.provider for d in model.deployments]
+        if not any(gateway.upstreams[p].available for p in providers):
+            continue
+        price = model.rate.price_for(owner.group)
+        unit = "credits per image" if model.type == "image" else "credits per 1M tokens"
+        data.append(
+            {
+                "id": model.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": providers[0],
+                "type": model.type,
+                "pricing": {"unit": unit, "group": owner.group, **price.describe()},
+            }
+        )
     return json_response({"object": "list", "data": data})
 
 
@@ -75,7 +99,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app.cleanup_ctx.append(_lifespan)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    for surface in SURFACES:
+        app.router.add_post(surface.path, surface.handle)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/credits", credits)
     app.router.add_post("/v1/signup", signup)

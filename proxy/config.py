@@ -18,12 +18,13 @@ from typing import Any
 import yaml
 
 from billing.money import credits_to_micro, parse_decimal
-from billing.rates import ModelRate, TextRate
+from billing.rates import ImageRate, ModelRate, Rate, TextRate
 from metering.tokens import ENCODING_NAMES, encoding_for_model
 
-PROVIDER_TYPES = ("openai", "demo")
+PROVIDER_TYPES = ("openai", "anthropic", "azure", "demo")
 REGISTRATION_MODES = ("admin", "trusted_header", "signup")
-MODEL_TYPES = ("text",)
+MODEL_TYPES = ("text", "embedding", "image")
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MISSING: Any = object()
 
@@ -88,21 +89,62 @@ class ProviderConfig:
     name: str
     type: str
     base_url: str
-    api_key: str
+    credentials: dict[str, str]  # name -> API key; `api_key` alone is named "default"
     connect_timeout: float
     read_timeout: float
     chunk_delay: float  # demo: seconds between streamed chunks
+    api_version: str  # azure: the api-version query parameter
+    anthropic_version: str  # anthropic: sent when the caller sends none
+
+    @property
+    def available(self) -> bool:
+        return self.type == "demo" or bool(self.credentials)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream that can serve a model: a provider, its name for the model there, and
+    optionally the one credential to use (else the provider's credentials take turns)."""
+
+    provider: str
+    upstream: str
+    credential: str | None
+    weight: float
+    cost: Rate  # what the operator pays here: the model's cost unless overridden
+    connect_timeout: float
+    read_timeout: float
+
+    @property
+    def name(self) -> str:
+        name = f"{self.provider}/{self.upstream}"
+        return f"{name}#{self.credential}" if self.credential else name
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    retries: int  # further attempts on the same deployment before failing over
+    retry_backoff: float  # seconds before the first retry; doubled for each next one
+    failures_before_cooldown: int  # consecutive failures that cool a deployment down
+    cooldown_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
-    provider: str
-    upstream: str
     type: str
-    rate: ModelRate
+    deployments: tuple[Deployment, ...]
+    rate: ModelRate  # its cost is the default cost of the deployments
     encoding: str
     max_output_tokens: int  # the hold's output estimate when a request sets none
+
+    @property
+    def provider(self) -> str:
+        """The first deployment's provider: the model's label before one is chosen."""
+        return self.deployments[0].provider
+
+    @property
+    def upstream(self) -> str:
+        return self.deployments[0].upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +155,7 @@ class Config:
     credits: CreditsConfig
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
+    routing: RoutingConfig
     groups: tuple[str, ...]
     admin: AdminConfig
     registration: RegistrationConfig
@@ -296,6 +339,17 @@ def load_config(path: Path | str) -> Config:
     )
     metrics.finish()
 
+    routing = top.section("routing")
+    routing_config = RoutingConfig(
+        retries=routing.number("retries", 1, minimum=0, integer=True),
+        retry_backoff=routing.number("retry_backoff_ms", 100, minimum=0) / 1000,
+        failures_before_cooldown=routing.number(
+            "failures_before_cooldown", 3, minimum=1, integer=True
+        ),
+        cooldown_seconds=routing.number("cooldown_seconds", 30, minimum=0),
+    )
+    routing.finish()
+
     registration_config = _registration(top.section("registration"), groups)
     stripe_config = _stripe(top.section("stripe"))
     top.finish()
@@ -306,6 +360,7 @@ def load_config(path: Path | str) -> Config:
         credits=credits_config,
         providers=providers,
         models=models,
+        routing=routing_config,
         groups=groups,
         admin=admin_config,
         registration=registration_config,
@@ -359,51 +414,106 @@ def _stripe(section: _Section) -> StripeConfig:
 def _provider(top: _Section, name: str) -> ProviderConfig:
     section = top.section("providers").section(name)
     kind = section.choice("type", PROVIDER_TYPES)
+    credentials = {}
+    api_key = section.string("api_key", "")
+    if api_key:
+        credentials["default"] = api_key
+    named = section.section("credentials")
+    for credential in named.data:
+        if credential in credentials:
+            raise named.error(credential, "the name 'default' is api_key's")
+        key = named.string(credential)
+        if key:  # an unset ${VAR:-} leaves a credential out
+            credentials[str(credential)] = key
+    named.finish()
     config = ProviderConfig(
         name=name,
         type=kind,
         base_url=section.string("base_url", "" if kind == "demo" else _MISSING).rstrip("/"),
-        api_key=section.string("api_key", ""),
+        credentials=credentials,
         connect_timeout=section.number("connect_timeout", 10, minimum=0.001),
         read_timeout=section.number("read_timeout", 300, minimum=0.001),
         chunk_delay=section.number("chunk_delay_ms", 20 if kind == "demo" else 0, minimum=0) / 1000,
+        api_version=section.string("api_version", _MISSING if kind == "azure" else ""),
+        anthropic_version=section.string("anthropic_version", DEFAULT_ANTHROPIC_VERSION),
     )
     section.finish()
     return config
 
 
-def _rate(section: _Section, key: str) -> TextRate:
+def _rate(section: _Section, key: str, model_type: str) -> Rate:
     try:
-        return TextRate.parse(section.raw(key))
+        table = section.raw(key)
+        if model_type == "image":
+            return ImageRate.parse(table)
+        return TextRate.parse(table, output_required=model_type == "text")
     except KeyError as err:
         raise section.error(f"{key}.{err.args[0]}", "required") from None
     except ValueError as err:
         raise section.error(key, str(err)) from None
 
 
+def _deployment(
+    section: _Section,
+    providers: dict[str, ProviderConfig],
+    default_upstream: str,
+    cost: Rate,
+    model_type: str,
+) -> Deployment:
+    provider_name = section.string("provider")
+    provider = providers.get(provider_name)
+    if provider is None:
+        raise section.error("provider", f"no provider named {provider_name!r} under providers")
+    credential = section.string("credential", "") or None
+    if credential is not None and credential not in provider.credentials:
+        raise section.error(
+            "credential", f"provider {provider_name!r} has no credential named {credential!r}"
+        )
+    return Deployment(
+        provider=provider_name,
+        upstream=section.string("upstream", default_upstream),
+        credential=credential,
+        weight=section.number("weight", 1, minimum=0.001),
+        cost=_rate(section, "cost", model_type) if "cost" in section.data else cost,
+        connect_timeout=section.number("connect_timeout", provider.connect_timeout, minimum=0.001),
+        read_timeout=section.number("read_timeout", provider.read_timeout, minimum=0.001),
+    )
+
+
 def _model(
     top: _Section, name: str, providers: dict[str, ProviderConfig], groups: tuple[str, ...]
 ) -> ModelConfig:
     section = top.section("models").section(name)
-    provider = section.string("provider")
-    if provider not in providers:
-        raise section.error("provider", f"no provider named {provider!r} under providers")
-    upstream = section.string("upstream", name)
-    cost, price = _rate(section, "cost"), _rate(section, "price")
+    model_type = section.choice("type", MODEL_TYPES, "text")
+    cost, price = _rate(section, "cost", model_type), _rate(section, "price", model_type)
+    if "deployments" in section.data:
+        for key in ("provider", "upstream", "credential"):
+            if key in section.data:
+                raise section.error(key, "give it in each of the deployments instead")
+        listed = section.raw("deployments")
+        if not isinstance(listed, list) or not listed:
+            raise section.error("deployments", "expected a non-empty list")
+        entries = []
+        for index, item in enumerate(listed):
+            entry = _Section(section.file, f"{section.key_path('deployments')}[{index}]", item)
+            entries.append(_deployment(entry, providers, name, cost, model_type))
+            entry.finish()
+        deployments = tuple(entries)
+    else:  # the model's own provider, upstream and timeouts are its one deployment
+        deployments = (_deployment(section, providers, name, cost, model_type),)
     group_prices = section.section("groups")
     for group in group_prices.data:
         if group not in groups:
             raise group_prices.error(group, f"{group!r} is not listed under groups")
-    tiers = {group: _rate(group_prices, group) for group in group_prices.data}
+    tiers = {group: _rate(group_prices, group, model_type) for group in group_prices.data}
     section.raw("groups", {})
-    encoding = section.string("encoding", encoding_for_model(upstream))
+    encoding = section.string("encoding", encoding_for_model(deployments[0].upstream))
     if encoding not in ENCODING_NAMES:
         raise section.error("encoding", f"{encoding!r} is not one of {sorted(ENCODING_NAMES)}")
     config = ModelConfig(
         name=name,
-        provider=provider,
-        upstream=upstream,
-        type=section.choice("type", MODEL_TYPES, "text"),
+        type=model_type,
+        deployments=deployments,
         rate=ModelRate(cost=cost, price=price, groups=tiers),
         encoding=encoding,
         max_output_tokens=section.number("max_output_tokens", 4096, minimum=1, integer=True),

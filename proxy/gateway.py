@@ -23,6 +23,7 @@ from metering.tokens import TokenCounter
 from proxy.bodies import bearer_token
 from proxy.config import Config, ModelConfig, load_config
 from proxy.errors import APIError, ledger_unavailable, unauthorized
+from proxy.routing import Router
 from proxy.upstream import Upstream, make_upstream
 
 log = logging.getLogger("creditgate")
@@ -100,6 +101,7 @@ class Gateway:
         self.accounts = Accounts(pool)
         self.callers = CallerCache(config.server.auth_cache_seconds)
         self.inflight = InFlight()
+        self.router = Router(config.routing)
         self.config = config
         self.settings = self._default_settings(config)
         self.upstreams: dict[str, Upstream] = {}
@@ -123,11 +125,16 @@ class Gateway:
         self._retired += [u for u in self.upstreams.values() if u not in upstreams.values()]
         self.upstreams = upstreams
         self.config = config
+        self.router.config = config.routing
 
     def _report_unavailable(self) -> None:
         for name, upstream in self.upstreams.items():
             if not upstream.available:
-                served = [m.name for m in self.config.models.values() if m.provider == name]
+                served = [
+                    m.name
+                    for m in self.config.models.values()
+                    if any(d.provider == name for d in m.deployments)
+                ]
                 log.warning(
                     "provider %r has no API key: its models %s are not served", name, served
                 )
@@ -168,9 +175,11 @@ class Gateway:
 
     # --- who is calling -------------------------------------------------------------
 
-    async def authenticate(self, request: web.Request) -> KeyOwner:
+    async def authenticate(self, request: web.Request, *, x_api_key: bool = False) -> KeyOwner:
+        """The caller's account, by its API key (`x-api-key` too on Anthropic's surface)
+        or by a trusted sign-in proxy's header."""
         try:
-            owner = await self._trusted_user(request) or await self._key_owner(request)
+            owner = await self._trusted_user(request) or await self._key_owner(request, x_api_key)
         except LEDGER_UNAVAILABLE as err:
             log.error("cannot identify a caller: %r", err)
             raise ledger_unavailable() from None
@@ -180,10 +189,13 @@ class Gateway:
             )
         return owner
 
-    async def _key_owner(self, request: web.Request) -> KeyOwner:
+    async def _key_owner(self, request: web.Request, x_api_key: bool) -> KeyOwner:
         key = bearer_token(request)
+        if not key and x_api_key:
+            key = request.headers.get("x-api-key", "").strip()
         if not key:
-            raise unauthorized("No API key: send it as 'Authorization: Bearer <key>'.")
+            header = "'x-api-key: <key>' or " if x_api_key else ""
+            raise unauthorized(f"No API key: send it as {header}'Authorization: Bearer <key>'.")
         credential = key_credential(hash_key(key))
         known, owner = self.callers.get(credential)
         if not known:

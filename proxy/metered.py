@@ -17,11 +17,13 @@ import orjson
 from billing.accounts import KeyOwner
 from billing.ledger import LEDGER_UNAVAILABLE, Charge
 from billing.money import micro_to_credits
+from billing.rates import ImagePrice, ImageRate, Rate, TextRate
 from metering import metrics
 from metering.usage import NO_USAGE, Usage
-from proxy.config import ModelConfig
+from proxy.config import Deployment, ModelConfig
 from proxy.errors import APIError, ledger_unavailable
 from proxy.gateway import Gateway
+from proxy.routing import Target
 
 log = logging.getLogger("creditgate.requests")
 T = TypeVar("T")
@@ -51,6 +53,17 @@ async def timed(operation: str, statement: Awaitable[T]) -> T:
         metrics.child(metrics.ledger_seconds, operation).observe(time.perf_counter() - started)
 
 
+Price = TextRate | ImagePrice
+
+
+def priced(rate: Rate, image: tuple[str | None, str | None] | None) -> Price:
+    """A rate as it applies to one request: an image rate for the size and quality asked."""
+    if isinstance(rate, ImageRate):
+        size, quality = image or (None, None)
+        return rate.price(size, quality)
+    return rate
+
+
 class MeteredCall:
     """A request from its hold to its settlement, with the times its metrics need."""
 
@@ -63,13 +76,18 @@ class MeteredCall:
         *,
         endpoint: str,
         arrived: float,
+        image: tuple[str | None, str | None] | None = None,
     ) -> None:
         self.gateway = gateway
         self.owner = owner
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.endpoint = endpoint
-        self.price = model.rate.price_for(owner.group)  # fixed for the request's life
+        self._image = image  # the (size, quality) that image rates depend on
+        # The price is fixed when the request starts, whatever a reload does meanwhile.
+        self.price = priced(model.rate.price_for(owner.group), image)
+        self.deployment: Deployment | None = None  # the one that served, once known
+        self.deployment_key = ""  # ... and the credential it used
         self.request_id = f"req_{uuid.uuid4().hex}"
         self.held = 0
         self.started_at = datetime.now(UTC)
@@ -81,16 +99,30 @@ class MeteredCall:
         self._settled = False
         self._gauged = False  # counted in the open-holds gauges
 
-    def _labels(self) -> tuple[str, str, str]:
-        return self.model.name, self.model.provider, self.endpoint
+    def serve(self, target: Target) -> None:
+        """Record the deployment (and credential) that this request was sent to."""
+        self.deployment = target.deployment
+        self.deployment_key = target.key
 
-    async def hold(self, max_output_tokens: int) -> None:
-        """Reserve the worst case before anything goes upstream; 402 when it is not there.
+    @property
+    def provider(self) -> str:
+        return self.deployment.provider if self.deployment else self.model.provider
+
+    def _labels(self) -> tuple[str, str, str]:
+        return self.model.name, self.provider, self.endpoint
+
+    def worst_case(self, output_tokens: int = 0, images: int = 0) -> int:
+        """The most this request can cost: its prompt, and `output_tokens` or `images`."""
+        if isinstance(self.price, ImagePrice):
+            return self.price.charge(Usage(images=images))
+        return self.price.worst_case(self.prompt_tokens, output_tokens)
+
+    async def hold(self, amount: int) -> None:
+        """Reserve `amount` before anything goes upstream; 402 when it is not there.
 
         The statement runs in a task of its own: if the caller goes away while it runs,
         the hold it may have made is released, not left behind.
         """
-        amount = self.price.worst_case(self.prompt_tokens, max_output_tokens)
         gateway = self.gateway
         gateway.inflight.request_ids.add(self.request_id)
         task = gateway.inflight.spawn(
@@ -101,7 +133,7 @@ class MeteredCall:
                     self.owner.account_id,
                     amount,
                     model=self.model.name,
-                    provider=self.model.provider,
+                    provider=self.provider,
                     ttl_seconds=gateway.config.server.hold_ttl_seconds,
                 ),
             )
@@ -137,11 +169,13 @@ class MeteredCall:
         metrics.held_credits.inc(amount / metrics.MICRO)
 
     def output_tokens_covered(self) -> int:
+        if isinstance(self.price, ImagePrice):
+            return 1 << 62  # images are held whole; their streams carry no tokens to cover
         return self.price.output_tokens_covered(self.held, self.prompt_tokens)
 
     async def cover(self, output_tokens: int) -> int | None:
         """Extend the hold to pay for `output_tokens`; the tokens now covered, or None."""
-        target = self.price.worst_case(self.prompt_tokens, output_tokens + EXTENSION_TOKENS)
+        target = self.worst_case(output_tokens + EXTENSION_TOKENS)
         extra = target - self.held
         if extra > 0:
             try:
@@ -176,21 +210,27 @@ class MeteredCall:
     async def _settle(
         self, usage: Usage, outcome: str, status: int, after: asyncio.Task | None
     ) -> None:
+        deployment = self.deployment
+        cost = priced(deployment.cost if deployment else self.model.rate.cost, self._image)
+        prices = self.price.describe()
         charge = Charge(
             request_id=self.request_id,
             model=self.model.name,
-            provider=self.model.provider,
-            upstream_model=self.model.upstream,
+            provider=self.provider,
+            upstream_model=deployment.upstream if deployment else "",
             usage=usage,
             credits=self.price.charge(usage),
-            provider_cost=self.model.rate.cost.charge(usage),
-            price_input=str(self.price.input),
-            price_output=str(self.price.output),
+            provider_cost=cost.charge(usage),
+            price_input=prices.get("input", ""),
+            price_output=prices.get("output", ""),
             outcome=outcome,
             http_status=status,
             started_at=self.started_at,
             ended_at=datetime.now(UTC),
             group=self.owner.group,
+            endpoint=self.endpoint,
+            deployment=self.deployment_key,
+            prices=orjson.dumps(prices).decode(),
         )
         written = False
         try:
@@ -225,7 +265,7 @@ class MeteredCall:
         metrics.child(metrics.requests, *labels, charge.outcome, str(charge.http_status)).inc()
         metrics.record_usage(
             self.model.name,
-            self.model.provider,
+            self.provider,
             self.owner.group,
             charge.usage,
             charge.credits,
@@ -255,7 +295,8 @@ class MeteredCall:
                     "pid": os.getpid(),
                     "account_id": self.owner.account_id,
                     "model": self.model.name,
-                    "provider": self.model.provider,
+                    "provider": self.provider,
+                    "deployment": charge.deployment,
                     "outcome": charge.outcome,
                     "status": charge.http_status,
                     "input_tokens": usage.input_tokens,

@@ -125,6 +125,7 @@ SCHEMAS: dict[str, Any] = {
                     "output_tokens",
                     "cached_tokens",
                     "reasoning_tokens",
+                    "cache_write_tokens",
                     "images",
                     "http_status",
                 )
@@ -133,6 +134,12 @@ SCHEMAS: dict[str, Any] = {
             "provider_cost": _MONEY,
             "price_input": {"type": "string"},
             "price_output": {"type": "string"},
+            "prices": {
+                "type": "object",
+                "description": "Every price that applied, in credits (per 1M tokens or per image)",
+            },
+            "endpoint": {"type": "string"},
+            "deployment": {"type": "string", "description": "provider/upstream that served it"},
             "usage_source": {"enum": ["upstream", "counted", "none"]},
             "outcome": {"type": "string"},
             "started_at": _TIME,

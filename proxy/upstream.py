@@ -1,21 +1,36 @@
-"""Upstream providers: OpenAI-compatible servers over HTTP, and the built-in demo model."""
+"""Upstream providers: OpenAI-compatible servers, Azure OpenAI, Anthropic, and the demo.
+
+Each provider type knows its URLs and how it authenticates; what goes in the body is the
+surface's business (proxy/surfaces). One pooled keep-alive session per provider.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from enum import StrEnum
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from metering.tokens import TokenCounter, encoding_for_model
-from proxy.config import ProviderConfig
-from proxy.errors import upstream_error
+from proxy.config import Deployment, ProviderConfig
 
 # Errors of the upstream side of a relay (the caller's side raises ConnectionResetError).
 UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+class Operation(StrEnum):
+    """An upstream API call, named by the API that serves it."""
+
+    CHAT = "chat/completions"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    IMAGES = "images/generations"
+    MESSAGES = "messages"  # Anthropic's
 
 
 class UpstreamReply(Protocol):
@@ -31,11 +46,22 @@ class UpstreamReply(Protocol):
 
 class Upstream(Protocol):
     config: ProviderConfig
+    operations: frozenset[Operation]
 
     @property
     def available(self) -> bool: ...
 
-    async def chat(self, body: bytes, payload: dict[str, Any]) -> UpstreamReply: ...
+    def credentials_for(self, deployment: Deployment) -> list[str]: ...
+
+    async def send(
+        self,
+        operation: Operation,
+        deployment: Deployment,
+        credential: str,
+        body: bytes,
+        payload: dict[str, Any],
+        headers: Mapping[str, str],
+    ) -> UpstreamReply: ...
 
     async def close(self) -> None: ...
 
@@ -61,53 +87,130 @@ class HTTPReply:
         self._response.close()
 
 
-class OpenAIUpstream:
-    """Any server speaking OpenAI's API under `base_url` (OpenAI, vLLM, Ollama, ...)."""
+class HTTPUpstream:
+    """What every HTTP provider shares: the session, timeouts, credentials in turn."""
+
+    operations: frozenset[Operation] = frozenset()
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
-        self._headers = {
-            "Authorization": f"Bearer {config.api_key}",
-            "Content-Type": "application/json",
-        }
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
-        )
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._turn = itertools.count()
 
     @property
     def available(self) -> bool:
-        return bool(self.config.api_key)
+        return self.config.available
+
+    def credentials_for(self, deployment: Deployment) -> list[str]:
+        """The credentials to try for a deployment: its own, or all of them, each request
+        starting at the next one so that the load spreads over every key."""
+        if deployment.credential is not None:
+            return [deployment.credential]
+        names = list(self.config.credentials)
+        if not names:
+            return []
+        start = next(self._turn) % len(names)
+        return names[start:] + names[:start]
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             # One pooled, keep-alive session per provider, made inside the running loop.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
 
-    async def chat(self, body: bytes, payload: dict[str, Any]) -> UpstreamReply:
-        url = f"{self.config.base_url}/chat/completions"
-        try:
-            response = await self._client().post(url, data=body, headers=self._headers)
-        except TimeoutError:
-            raise upstream_error(
-                f"Provider {self.config.name!r} did not answer in time.", "upstream_timeout", 504
-            ) from None
-        except aiohttp.ClientError as err:
-            raise upstream_error(
-                f"Provider {self.config.name!r} is unreachable: {type(err).__name__}.",
-                "upstream_unreachable",
-            ) from None
+    def _timeout(self, deployment: Deployment) -> aiohttp.ClientTimeout:
+        key = (deployment.connect_timeout, deployment.read_timeout)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, sock_connect=key[0], sock_read=key[1]
+            )
+        return timeout
+
+    def url(self, operation: Operation, deployment: Deployment) -> str:
+        raise NotImplementedError
+
+    def auth_headers(self, key: str, headers: Mapping[str, str]) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def send(
+        self,
+        operation: Operation,
+        deployment: Deployment,
+        credential: str,
+        body: bytes,
+        payload: dict[str, Any],
+        headers: Mapping[str, str],
+    ) -> UpstreamReply:
+        """POST the body; raises what aiohttp raises when the provider cannot be reached."""
+        response = await self._client().post(
+            self.url(operation, deployment),
+            data=body,
+            headers=self.auth_headers(self.config.credentials[credential], headers),
+            timeout=self._timeout(deployment),
+        )
         return HTTPReply(response)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_OPENAI_OPERATIONS = frozenset(
+    {Operation.CHAT, Operation.RESPONSES, Operation.EMBEDDINGS, Operation.IMAGES}
+)
+
+
+class OpenAIUpstream(HTTPUpstream):
+    """Any server speaking OpenAI's API under `base_url` (OpenAI, vLLM, Ollama, Groq, ...)."""
+
+    operations = _OPENAI_OPERATIONS
+
+    def url(self, operation: Operation, deployment: Deployment) -> str:
+        return f"{self.config.base_url}/{operation.value}"
+
+    def auth_headers(self, key: str, headers: Mapping[str, str]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+
+class AzureUpstream(HTTPUpstream):
+    """Azure OpenAI: a URL per deployment, `api-version`, and the `api-key` header."""
+
+    operations = _OPENAI_OPERATIONS
+
+    def url(self, operation: Operation, deployment: Deployment) -> str:
+        query = f"api-version={self.config.api_version}"
+        if operation is Operation.RESPONSES:  # one endpoint; the deployment is the model
+            return f"{self.config.base_url}/openai/responses?{query}"
+        path = f"openai/deployments/{deployment.upstream}/{operation.value}"
+        return f"{self.config.base_url}/{path}?{query}"
+
+    def auth_headers(self, key: str, headers: Mapping[str, str]) -> dict[str, str]:
+        return {"api-key": key, "Content-Type": "application/json"}
+
+
+class AnthropicUpstream(HTTPUpstream):
+    """Anthropic's Messages API; the caller's anthropic-version and -beta pass through."""
+
+    operations = frozenset({Operation.MESSAGES})
+
+    def url(self, operation: Operation, deployment: Deployment) -> str:
+        return f"{self.config.base_url}/v1/messages"
+
+    def auth_headers(self, key: str, headers: Mapping[str, str]) -> dict[str, str]:
+        sent = {
+            "x-api-key": key,
+            "anthropic-version": headers.get("anthropic-version") or self.config.anthropic_version,
+            "Content-Type": "application/json",
+        }
+        if beta := headers.get("anthropic-beta"):
+            sent["anthropic-beta"] = beta
+        return sent
 
 
 DEMO_ANSWER = (
@@ -141,11 +244,13 @@ class DemoReply:
 
 
 class DemoUpstream:
-    """The `demo` provider type: a local model that needs no network and no key.
+    """The `demo` provider type: a local chat model that needs no network and no key.
 
     It answers like an OpenAI server (stream or not, usage when asked), so the whole
     gateway, billing included, works with `make run` alone.
     """
+
+    operations = frozenset({Operation.CHAT})
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -154,7 +259,18 @@ class DemoUpstream:
     def available(self) -> bool:
         return True
 
-    async def chat(self, body: bytes, payload: dict[str, Any]) -> UpstreamReply:
+    def credentials_for(self, deployment: Deployment) -> list[str]:
+        return [""]
+
+    async def send(
+        self,
+        operation: Operation,
+        deployment: Deployment,
+        credential: str,
+        body: bytes,
+        payload: dict[str, Any],
+        headers: Mapping[str, str],
+    ) -> UpstreamReply:
         model = str(payload.get("model", "demo"))
         counter = TokenCounter(encoding_for_model(model))
         encoding_tokens = counter.tokens(DEMO_ANSWER)
@@ -201,5 +317,13 @@ class DemoUpstream:
         pass
 
 
+_TYPES: dict[str, type[HTTPUpstream] | type[DemoUpstream]] = {
+    "openai": OpenAIUpstream,
+    "azure": AzureUpstream,
+    "anthropic": AnthropicUpstream,
+    "demo": DemoUpstream,
+}
+
+
 def make_upstream(config: ProviderConfig) -> Upstream:
-    return DemoUpstream(config) if config.type == "demo" else OpenAIUpstream(config)
+    return _TYPES[config.type](config)

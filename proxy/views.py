@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from billing.accounts import Account, ApiKey, Grant
 from billing.money import micro_to_credits
@@ -73,6 +74,8 @@ def charge_view(row: asyncpg.Record) -> dict[str, Any]:
             value = micro_to_credits(value)
         elif isinstance(value, datetime):
             value = rfc3339(value)
+        elif name == "prices":
+            value = orjson.loads(value)  # JSONB arrives as its text
         view["group" if name == "group_name" else name] = value
     return view
 
@@ -98,5 +101,8 @@ def charges_csv(rows: list[dict[str, Any]], header: bool = True) -> str:
     writer = csv.DictWriter(out, fieldnames=CHARGE_COLUMNS, lineterminator="\n")
     if header:
         writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        {k: orjson.dumps(v).decode() if isinstance(v, dict) else v for k, v in row.items()}
+        for row in rows
+    )
     return out.getvalue()

@@ -40,7 +40,7 @@ def test_interpolation_defaults_and_exact_decimals(tmp_path, monkeypatch):
     monkeypatch.delenv("UPSTREAM", raising=False)
     config = load_config(write(tmp_path, MINIMAL))
     provider = config.providers["p"]
-    assert provider.api_key == "sk-123"
+    assert provider.credentials == {"default": "sk-123"}
     assert provider.base_url == "http://127.0.0.1:9/v1"
     model = config.models["m"]
     assert model.upstream == "m"

@@ -229,7 +229,7 @@ class _Section:
         except (InvalidOperation, ValueError):
             kind = "a whole number" if integer else "a number"
             raise self.error(key, f"expected {kind}, got {value!r}") from None
-        if number < minimum:
+        if number < Decimal(str(minimum)):  # exactly as written, not as a float
             raise self.error(key, f"must be at least {minimum}, got {value!r}")
         return int(number) if integer else float(number)
 

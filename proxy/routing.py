@@ -41,12 +41,11 @@ class Target:
 
     @property
     def key(self) -> str:
+        """provider/upstream, and #credential when the provider has several."""
         name = self.deployment.name
-        return (
-            name
-            if self.deployment.credential or not self.credential
-            else f"{name}#{self.credential}"
-        )
+        if self.deployment.credential or len(self.upstream.config.credentials) < 2:
+            return name
+        return f"{name}#{self.credential}"
 
 
 @dataclass(slots=True)
@@ -98,14 +97,13 @@ class Router:
             operation = next((op for op in operations if op in upstream.operations), None)
             if operation is None or not upstream.available:
                 continue
-            credentials = upstream.credentials_for(deployment)
-            weight = deployment.weight / len(credentials)
-            for credential in credentials:
+            drawn = -(random.random() ** (1 / deployment.weight))
+            # A deployment's credentials follow each other in the provider's rotation.
+            for turn, credential in enumerate(upstream.credentials_for(deployment)):
                 target = Target(deployment, upstream, credential, operation)
-                cooling = target.key in self._cooled
-                keyed.append((cooling, -(random.random() ** (1 / weight)), target))
-        keyed.sort(key=lambda entry: entry[:2])
-        return [target for _, _, target in keyed]
+                keyed.append((target.key in self._cooled, drawn, turn, target))
+        keyed.sort(key=lambda entry: entry[:3])
+        return [entry[3] for entry in keyed]
 
     def _end_cooldowns(self, now: float) -> None:
         ended = [key for key in self._cooled if self._health[key].cooled_until <= now]

@@ -83,8 +83,17 @@ registration:
 stripe:
   webhook_secret: ["{stripe_secret}", "whsec_previous"]
   credits_per_unit: {{usd: "1", eur: "1.1", jpy: "0.01"}}
+routing: {{retries: 1, retry_backoff_ms: 1, failures_before_cooldown: 2, cooldown_seconds: 60}}
 providers:
   fake: {{type: openai, base_url: "{upstream_url}/v1", api_key: sk-fake, read_timeout: 2}}
+  backup: {{type: openai, base_url: "{backup_url}/v1", api_key: sk-backup, read_timeout: 2}}
+  anthropic-fake: {{type: anthropic, base_url: "{upstream_url}", api_key: sk-ant-fake,
+                   read_timeout: 2}}
+  anthropic-backup: {{type: anthropic, base_url: "{backup_url}", api_key: sk-ant-backup}}
+  azure-fake: {{type: azure, base_url: "{upstream_url}", api_version: "2024-10-21",
+               api_key: az-key}}
+  two-keys: {{type: openai, base_url: "{upstream_url}/v1",
+             credentials: {{one: sk-one, two: sk-two}}}}
   keyless: {{type: openai, base_url: "{upstream_url}/v1", api_key: ""}}
   local: {{type: demo, chunk_delay_ms: 0}}
 models:
@@ -113,6 +122,49 @@ models:
     provider: local
     cost:  {{input: "0", output: "0"}}
     price: {{input: "1", output: "2"}}
+  claude:
+    provider: anthropic-fake
+    upstream: claude-sonnet-4-5
+    cost:  {{input: "3", output: "15", cache_read: "0.3", cache_write: "3.75"}}
+    price: {{input: "4", output: "20", cache_read: "0.4", cache_write: "5"}}
+    groups: {{pro: {{input: "3.5", output: "18"}}}}
+  claude-routed:
+    deployments:
+      - {{provider: anthropic-fake, upstream: claude-primary, weight: 1000}}
+      - {{provider: anthropic-backup, upstream: claude-secondary, weight: 0.001}}
+    cost:  {{input: "3", output: "15"}}
+    price: {{input: "4", output: "20"}}
+  gpt-4o:
+    deployments:   # the first is all but always drawn first; the second is its backup
+      - {{provider: fake, upstream: gpt-4o-primary, weight: 1000}}
+      - {{provider: backup, upstream: gpt-4o-secondary, weight: 0.001,
+         cost: {{input: "2", output: "9"}}}}
+    cost:  {{input: "2.5", output: "10", cached_input: "1.25"}}
+    price: {{input: "3", output: "12", cached_input: "1.5", reasoning: "14"}}
+  embed:
+    provider: fake
+    upstream: text-embedding-3-small
+    type: embedding
+    cost:  {{input: "0.02"}}
+    price: {{input: "0.03"}}
+  image:
+    provider: fake
+    upstream: gpt-image-1
+    type: image
+    cost:  {{image: "0.04"}}
+    price:
+      image: "0.05"
+      sizes: {{"1024x1536": "0.08"}}
+      quality: {{high: {{"1024x1536": "0.25"}}}}
+  on-azure:
+    provider: azure-fake
+    upstream: my-gpt4o-deployment
+    cost:  {{input: "2.5", output: "10"}}
+    price: {{input: "3", output: "12"}}
+  spread:
+    provider: two-keys
+    cost:  {{input: "1", output: "1"}}
+    price: {{input: "1", output: "1"}}
 """
 
 
@@ -122,6 +174,7 @@ class Harness:
 
     server: TestServer
     upstream: FakeUpstream
+    backup: FakeUpstream  # a second provider, for failover
     config_path: Path
     config_values: dict[str, Any]
 
@@ -209,12 +262,15 @@ async def upstream(aiohttp_server) -> FakeUpstream:
 
 @pytest.fixture
 async def harness(aiohttp_server, upstream: FakeUpstream, database_url: str, tmp_path: Path):
+    backup = FakeUpstream()
+    backup.server = await aiohttp_server(backup.app())
     values = {
         **CONFIG_DEFAULTS,
         "database_url": database_url,
         "upstream_url": str(upstream.server.make_url("")).rstrip("/"),
+        "backup_url": str(backup.server.make_url("")).rstrip("/"),
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(CONFIG_TEMPLATE.format(**values))
     server = await aiohttp_server(create_app(load_config(config_path)))
-    return Harness(server, upstream, config_path, values)
+    return Harness(server, upstream, backup, config_path, values)

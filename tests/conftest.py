@@ -141,6 +141,12 @@ models:
          cost: {{input: "2", output: "9"}}}}
     cost:  {{input: "2.5", output: "10", cached_input: "1.25"}}
     price: {{input: "3", output: "12", cached_input: "1.5", reasoning: "14"}}
+  impatient:
+    deployments:
+      - {{provider: fake, upstream: slow, weight: 1000, read_timeout: 0.3}}
+      - {{provider: backup, upstream: patient, weight: 0.001}}
+    cost:  {{input: "1", output: "1"}}
+    price: {{input: "1", output: "1"}}
   embed:
     provider: fake
     upstream: text-embedding-3-small

@@ -31,6 +31,7 @@ class FakeUpstream:
     status: int = 200
     error_body: bytes = b""
     reset: bool = False  # close the connection without an answer
+    answer_delay: float = 0.0  # seconds before the response headers
     # Anthropic: the content blocks of a message (text or tool_use), its cache usage,
     # and the cumulative output_tokens of each message_delta event it sends.
     blocks: list[dict[str, Any]] = field(
@@ -83,6 +84,8 @@ class FakeUpstream:
         self.requests.append(payload)
         self.headers.append(dict(request.headers))
         self.paths.append(request.path_qs)
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         if self.reset:
             request.transport.close()
             return web.Response()  # never reaches the caller: the connection is gone
@@ -263,9 +266,16 @@ class FakeUpstream:
         if isinstance(payload, web.StreamResponse):
             return payload
         count = payload.get("n") or 1
-        return web.json_response(
-            {"created": 1, "data": [{"b64_json": "aGVsbG8="} for _ in range(count)]}
-        )
+        if not payload.get("stream"):
+            return web.json_response(
+                {"created": 1, "data": [{"b64_json": "aGVsbG8="} for _ in range(count)]}
+            )
+        events = []
+        for image in range(count):
+            for kind in ("image_generation.partial_image", "image_generation.completed"):
+                body = orjson.dumps({"type": kind, "b64_json": "aGVsbG8=", "created_at": image})
+                events.append(b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n")
+        return await self._send_events(request, events)
 
     def _event(self, chunk: dict[str, Any]) -> bytes:
         end = self.line_end

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 
 import pytest
 
 from billing.money import credits_to_micro, micro_to_credits
-from billing.rates import TextRate
+from billing.rates import ImageRate, TextRate
 from metering.usage import Usage
 
 
@@ -69,3 +70,42 @@ def test_output_tokens_covered_matches_worst_case():
 def test_bad_rate_tables(table):
     with pytest.raises((KeyError, ValueError)):
         TextRate.parse(table)
+
+
+def test_each_kind_of_token_has_its_rate_and_defaults_to_its_side():
+    rate = TextRate.parse(
+        {"input": "3", "output": "12", "cached_input": "1.5", "cache_write": "3.75"}
+    )
+    assert rate.reasoning == Decimal("12")  # reasoning defaults to the output rate
+    usage = Usage(
+        input_tokens=100, output_tokens=50, cached_tokens=30, cache_write_tokens=20,
+        reasoning_tokens=10,
+    )  # fmt: skip
+    # 50 plain input at 3, 30 cached at 1.5, 20 written at 3.75, 50 output at 12.
+    assert rate.charge(usage) == math.ceil(
+        50 * 3 + 30 * Decimal("1.5") + 20 * Decimal("3.75") + 50 * 12
+    )
+    plain = TextRate.parse({"input": "3", "output": "12"})
+    assert plain.charge(usage) == 100 * 3 + 50 * 12  # without their own rates: input, output
+
+
+def test_the_worst_case_takes_the_dearest_rate_of_each_side():
+    rate = TextRate.parse({"input": "3", "output": "12", "cache_write": "5", "reasoning": "20"})
+    assert rate.worst_case(10, 10) == 10 * 5 + 10 * 20
+    assert rate.output_tokens_covered(250, 10) == 10
+
+
+def test_image_prices_by_quality_and_size_then_size_then_default():
+    rate = ImageRate.parse(
+        {
+            "image": "0.05",
+            "sizes": {"1024x1536": "0.08"},
+            "quality": {"high": {"1024x1536": "0.25"}, "low": "0.01"},
+        }
+    )
+    assert rate.price(None, None).per_image == 50_000
+    assert rate.price("1024x1536", None).per_image == 80_000
+    assert rate.price("1024x1536", "high").per_image == 250_000
+    assert rate.price("1024x1024", "high").per_image == 50_000  # high lists no such size
+    assert rate.price("1024x1536", "low").per_image == 10_000
+    assert rate.price("1024x1536", "high").charge(Usage(images=3)) == 750_000

@@ -336,6 +336,21 @@ async def test_images_are_billed_per_image_by_size_and_quality(harness):
     await harness.assert_invariant(account_id)
 
 
+async def test_a_streamed_image_generation_is_billed_per_completed_image(harness):
+    account_id, key = await harness.account()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            harness.base_url + "/images/generations",
+            json={"model": "image", "prompt": "a cat", "n": 2, "stream": True},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response:
+            body = await response.read()
+    assert body == bytes(harness.upstream.sent)  # passed through untouched
+    await harness.settled()
+    [charge] = await harness.charges(account_id)
+    assert (charge["images"], charge["credits"], charge["outcome"]) == (2, 100_000, "ok")
+
+
 async def test_images_hold_every_image_asked_for_before_the_call(harness):
     account_id, key = await harness.account(credits="0.1")
     try:

@@ -164,3 +164,22 @@ async def test_anthropic_deployments_fail_over_too(harness):
     await harness.settled()
     [charge] = await harness.charges(account_id)
     assert charge["deployment"] == "anthropic-backup/claude-secondary"
+
+
+async def test_a_deployment_past_its_read_timeout_fails_over(harness):
+    account_id, key = await harness.account()
+    harness.upstream.answer_delay = 1.0  # past the first deployment's 0.3 s read timeout
+    completion = await client(harness, key).chat.completions.create(
+        model="impatient", messages=MESSAGES
+    )
+    assert completion.choices[0].message.content == "".join(DEFAULT_PIECES)
+    assert [r["model"] for r in harness.upstream.requests] == ["slow", "slow"]
+    assert (
+        await metric(
+            harness, "creditgate_upstream_failures_total", provider="fake", reason="timeout"
+        )
+        == 2
+    )
+    await harness.settled()
+    [charge] = await harness.charges(account_id)
+    assert charge["deployment"] == "backup/patient"

@@ -47,6 +47,11 @@ models:
     provider: fake
     cost:  {{input: "1", output: "1"}}
     price: {{input: "5000", output: "5000"}}
+  img:
+    provider: fake
+    type: image
+    cost:  {{image: "0.04"}}
+    price: {{image: "0.05"}}
 """
 
 
@@ -144,7 +149,7 @@ class Gateway:
 async def drive_mixed_traffic(
     gateway: Gateway, fake: FakeUpstream, session: aiohttp.ClientSession
 ) -> int:
-    """Every outcome the dashboards show; returns how many chat requests were made."""
+    """Every outcome the dashboards show; returns how many API requests were made."""
     key = await gateway.account(session)
     pro = await gateway.account(session, group="pro")
     broke = await gateway.account(session, credits="0")
@@ -176,10 +181,16 @@ async def drive_mixed_traffic(
         await response.content.readany()  # then the caller goes away
     statuses.append(499)
     fake.delay = 0
+    async with session.post(
+        f"{gateway.url}/v1/images/generations",
+        json={"model": "img", "prompt": "a cat", "n": 2},
+        headers={"Authorization": f"Bearer {key}"},
+    ) as response:
+        statuses.append(response.status)
     for _ in range(3):  # the third is rate-limited
         async with session.post(f"{gateway.url}/v1/signup", json={}) as response:
             await response.read()
-    assert statuses.count(200) == 6 and 402 in statuses and 404 in statuses
+    assert statuses.count(200) == 7 and 402 in statuses and 404 in statuses
     return len(statuses)
 
 

@@ -74,6 +74,7 @@ class FakeUpstream:
             ("/v1/images/generations", self._images),
             ("/openai/deployments/{deployment}/chat/completions", self._chat),
             ("/openai/deployments/{deployment}/embeddings", self._embeddings),
+            ("/openai/responses", self._responses),
         ):
             app.router.add_post(path, handler)
         return app

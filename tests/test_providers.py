@@ -378,6 +378,13 @@ async def test_azure_deployment_url_api_version_and_key_header(harness):
     assert (charge["provider"], charge["credits"]) == ("azure-fake", micro((17, "3"), (9, "12")))
 
 
+async def test_azure_serves_the_responses_api_at_its_own_url(harness):
+    _, key = await harness.account()
+    await openai_client(harness, key).responses.create(model="on-azure", input="Hi")
+    assert harness.upstream.paths[-1] == "/openai/responses?api-version=2024-10-21"
+    assert harness.upstream.requests[-1]["model"] == "my-gpt4o-deployment"
+
+
 async def test_a_providers_credentials_take_turns(harness):
     _, key = await harness.account()
     client = openai_client(harness, key)

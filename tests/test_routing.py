@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from decimal import Decimal
 
 import aiohttp
@@ -11,6 +12,9 @@ import orjson
 import pytest
 
 from metering.tokens import TokenCounter
+from proxy.config import Deployment, ModelConfig, RoutingConfig
+from proxy.routing import Router
+from proxy.upstream import Operation, make_upstream
 from tests.conftest import Harness
 from tests.fake_upstream import DEFAULT_PIECES
 
@@ -39,14 +43,14 @@ async def metric(harness: Harness, name: str, **labels: str) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize("failure", ["503", "reset"])
+@pytest.mark.parametrize("failure", ["503", "429", "reset"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_failing_first_deployment_fails_over_and_charges_once(harness, failure, stream):
     account_id, key = await harness.account()
     if failure == "reset":
         harness.upstream.reset = True
     else:
-        harness.upstream.status = 503
+        harness.upstream.status = int(failure)
         harness.upstream.error_body = b'{"error": {"message": "overloaded"}}'
     result = await client(harness, key).chat.completions.create(
         model="gpt-4o", messages=MESSAGES, stream=stream
@@ -183,3 +187,26 @@ async def test_a_deployment_past_its_read_timeout_fails_over(harness):
     await harness.settled()
     [charge] = await harness.charges(account_id)
     assert charge["deployment"] == "backup/patient"
+
+
+def test_deployments_are_drawn_first_in_proportion_to_their_weights(harness):
+    config = harness.gateway.config
+    model: ModelConfig = config.models["gpt-4o"]
+    weighted = [
+        Deployment(d.provider, d.upstream, None, weight, d.cost, 1, 1)
+        for d, weight in zip(model.deployments, (3, 1), strict=True)
+    ]
+    model = ModelConfig(model.name, model.type, tuple(weighted), model.rate, model.encoding, 9)
+    upstreams = {name: make_upstream(provider) for name, provider in config.providers.items()}
+    router = Router(RoutingConfig(retries=0, retry_backoff=0, failures_before_cooldown=1,
+                                  cooldown_seconds=60))  # fmt: skip
+    random.seed(4)
+    draws = 4000
+    first = [router.targets(model, upstreams, [Operation.CHAT])[0] for _ in range(draws)]
+    share = sum(t.deployment.provider == "fake" for t in first) / draws
+    assert 0.72 < share < 0.78  # 3:1, drawn with a fixed seed
+    # A cooled-down deployment goes last, whatever its weight.
+    router.failed(first[0], "http_500")
+    cooled = first[0].deployment.provider
+    for _ in range(50):
+        assert router.targets(model, upstreams, [Operation.CHAT])[-1].deployment.provider == cooled

@@ -136,9 +136,9 @@ SHUTDOWN_SECONDS = 10.0  # how long open streams may run on after SIGTERM
 
 def serve(config: Config, host: str, port: int, *, reuse_port: bool = False) -> int:
     from proxy.app import create_app
+    from proxy.logs import configure_server_logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("creditgate").setLevel(logging.INFO)  # one JSON line per request
+    configure_server_logging()
     try:
         import uvloop
     except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -31,6 +32,24 @@ T = TypeVar("T")
 # A stream that outgrows its hold asks for room for this many more output tokens at a time.
 EXTENSION_TOKENS = 256
 _SETTLE_ATTEMPTS = 5
+
+
+class _RequestIds:
+    """Unique request ids without a system call each: a random prefix drawn once per
+    process (a forked worker draws its own), then a counter."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            self._pid, self._prefix = os.getpid(), uuid.uuid4().hex[:20]
+        return f"req_{self._prefix}{next(self._count):012x}"
+
+
+REQUEST_IDS = _RequestIds()
 
 
 class Outcome(StrEnum):
@@ -88,7 +107,7 @@ class MeteredCall:
         self.price = priced(model.rate.price_for(owner.group), image)
         self.deployment: Deployment | None = None  # the one that served, once known
         self.deployment_key = ""  # ... and the credential it used
-        self.request_id = f"req_{uuid.uuid4().hex}"
+        self.request_id = REQUEST_IDS.next()
         self.held = 0
         self.started_at = datetime.now(UTC)
         self._arrived = arrived  # perf_counter() when the request came in

@@ -92,12 +92,13 @@ class Router:
         now = time.monotonic()
         self._end_cooldowns(now)
         keyed = []
+        several = len(model.deployments) > 1
         for deployment in model.deployments:
             upstream = upstreams[deployment.provider]
             operation = next((op for op in operations if op in upstream.operations), None)
             if operation is None or not upstream.available:
                 continue
-            drawn = -(random.random() ** (1 / deployment.weight))
+            drawn = -(random.random() ** (1 / deployment.weight)) if several else 0.0
             # A deployment's credentials follow each other in the provider's rotation.
             for turn, credential in enumerate(upstream.credentials_for(deployment)):
                 target = Target(deployment, upstream, credential, operation)

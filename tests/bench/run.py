@@ -70,6 +70,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -136,13 +143,16 @@ def start_creditgate(workdir: Path, upstream: int, workers: int) -> Target:
 
 def measure(target: Target, kind: str, connections: int, seconds: float) -> dict:
     pids = target.pids()
-    cpu = cpu_seconds(pids)
+    cpu, client, (busy, ticks) = cpu_seconds(pids), os.times(), machine_ticks()
     results: Results = asyncio.run(
         run(
             "127.0.0.1", target.port, target.request(kind), connections=connections, seconds=seconds
         )
     )
     cpu = cpu_seconds(pids) - cpu
+    after = os.times()
+    client_cpu = after.user + after.system - client.user - client.system
+    busy_after, ticks_after = machine_ticks()
     return {
         "target": target.name,
         "kind": kind,
@@ -154,6 +164,10 @@ def measure(target: Target, kind: str, connections: int, seconds: float) -> dict
         "p99_ms": round(percentile(results.latencies, 0.99) * 1000, 3),
         "ttfb_p50_ms": round(percentile(results.first_bytes, 0.50) * 1000, 3),
         "cpu_ms_per_request": round(cpu * 1000 / max(results.requests, 1), 3),
+        # The load client's own CPU, and how busy the whole machine was meanwhile: with
+        # every core busy, another worker has no core to run on.
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / max(results.requests, 1), 3),
+        "machine_busy_percent": round(100 * (busy_after - busy) / max(ticks_after - ticks, 1), 1),
         "peak_rss_mb": round(max(rss_mb(pid) for pid in pids), 1),
     }
 
@@ -189,6 +203,7 @@ def table(rows: list[dict]) -> str:
         "ttfb_p50_ms",
         "cpu_ms_per_request",
         "peak_rss_mb",
+        "machine_busy_percent",
         "errors",
     ]
     lines = ["  ".join(f"{c:>18}" if i else f"{c:<26}" for i, c in enumerate(columns))]

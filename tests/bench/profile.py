@@ -28,14 +28,23 @@ from tests.bench.run import (
 SECONDS = 10
 
 
+def _package(frame: str) -> str:
+    """The library (or creditgate package) a sampled frame's code belongs to."""
+    path = frame.rsplit(" (", 1)[-1]
+    top = path.split("/", 1)[0] if "/" in path else "other"
+    return f"creditgate {top}" if top in ("proxy", "metering", "billing") else top
+
+
 def summarize(raw: Path, top: int = 30) -> str:
     inclusive: collections.Counter[str] = collections.Counter()
     exclusive: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         samples = int(count)
         total += samples
+        packages[_package(stack.rsplit(";", 1)[-1])] += samples
         frames = [
             frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")")
             for frame in stack.split(";")
@@ -43,7 +52,9 @@ def summarize(raw: Path, top: int = 30) -> str:
         for frame in set(frames):
             inclusive[frame] += samples
         exclusive[frames[-1]] += samples
-    lines = [f"{total} samples; inclusive:"]
+    lines = [f"{total} samples; exclusive by package (where the CPU is spent):"]
+    lines += [f"{n * 100 / total:5.1f}%  {p}" for p, n in packages.most_common()]
+    lines += ["inclusive:"]
     lines += [f"{n * 100 / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
     lines += ["exclusive:"]
     lines += [f"{n * 100 / total:5.1f}%  {f}" for f, n in exclusive.most_common(top)]

@@ -302,7 +302,10 @@ class ChatFromMessagesStream:
             return b""
         if kind == "message_delta":
             reason = (data.get("delta") or {}).get("stop_reason")
-            return self._chunk({}, finish=_FINISH_REASONS.get(reason, "stop"))
+            if self._finish is not None:
+                return b""  # one finish per choice, however many deltas report usage
+            self._finish = _FINISH_REASONS.get(reason, "stop")
+            return self._chunk({}, finish=self._finish)
         if kind == "message_stop":
             usage = b""
             if self._include_usage:

@@ -35,6 +35,9 @@ _ANTHROPIC_TYPES = {
 }
 
 
+_OPENAI_FIELDS = frozenset({"message", "type", "param", "code"})
+
+
 def anthropic_error_type(status: int) -> str:
     return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
@@ -64,6 +67,8 @@ class APIError(Exception):
 
     def _anthropic(self) -> dict[str, Any]:
         error = {"type": anthropic_error_type(self.status), "message": self.body["message"]}
+        # What creditgate adds (a purchase link) rides along; OpenAI's own fields do not.
+        error.update((k, v) for k, v in self.body.items() if k not in _OPENAI_FIELDS)
         return {"type": "error", "error": error}
 
     def response(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ from proxy.gateway import GATEWAY
 from proxy.metered import MeteredCall, Outcome
 from proxy.relay import EventTransform, StreamMeter, StreamRelay
 from proxy.routing import Target, UpstreamsFailed
-from proxy.upstream import UPSTREAM_FAILURES, Operation, UpstreamReply
+from proxy.upstream import UPSTREAM_FAILURES, Operation, Upstream, UpstreamReply
 
 # The surface that serves each type of model, for the error that names it.
 SURFACE_OF_TYPE = {
@@ -142,7 +143,7 @@ class Surface(ABC):
             raise APIError(
                 400,
                 "unsupported_model",
-                f"{name!r} is an {model.type} model: call it through "
+                f"{name!r} is a model of type {model.type}: call it through "
                 f"{SURFACE_OF_TYPE[model.type]}, not {self.path}.",
                 param="model",
             )
@@ -167,7 +168,7 @@ class Surface(ABC):
         await call.hold(call.worst_case(ask.output_tokens, ask.images))
         return call, ask, exchanges, targets
 
-    def _unservable(self, model: ModelConfig, upstreams: dict[str, Any]) -> APIError:
+    def _unservable(self, model: ModelConfig, upstreams: Mapping[str, Upstream]) -> APIError:
         capable = [
             d.provider
             for d in model.deployments

@@ -136,6 +136,7 @@ def tool_reply(harness: Harness) -> None:
 async def test_openai_sdk_streams_a_tool_call_from_an_anthropic_model(harness):
     account_id, key = await harness.account()
     tool_reply(harness)
+    harness.upstream.output_counts = [4, 9]  # two usage deltas: still one finish
     stream = await openai_client(harness, key).chat.completions.create(
         model="claude",
         messages=[{"role": "system", "content": "Be brief."}, *MESSAGES],
@@ -147,7 +148,7 @@ async def test_openai_sdk_streams_a_tool_call_from_an_anthropic_model(harness):
         stream=True,
         stream_options={"include_usage": True},
     )
-    text, name, arguments, finish, usage = "", "", "", None, None
+    text, name, arguments, finishes, usage = "", "", "", [], None
     async for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
@@ -157,11 +158,12 @@ async def test_openai_sdk_streams_a_tool_call_from_an_anthropic_model(harness):
                 assert call.index == 0
                 name += call.function.name or ""
                 arguments += call.function.arguments or ""
-            finish = choice.finish_reason or finish
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
     assert text == "Let me check."
     assert name == "get_weather"
     assert orjson.loads(arguments) == TOOL_INPUT
-    assert finish == "tool_calls"
+    assert finishes == ["tool_calls"]
     assert usage.prompt_tokens == 17 and usage.completion_tokens == 9
 
     sent = harness.upstream.requests[-1]

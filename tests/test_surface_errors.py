@@ -77,6 +77,7 @@ async def test_anthropic_sdk_raises_its_own_errors(harness):
         await api.messages.create(model="claude", max_tokens=1000, messages=HI)
     assert caught.value.status_code == 402
     assert caught.value.body["error"]["type"] == "billing_error"
+    assert caught.value.body["error"]["purchase_link"].startswith("https://buy.stripe.com/")
     assert harness.upstream.requests == []
 
 

@@ -39,13 +39,15 @@ class _RequestIds:
     process (a forked worker draws its own), then a counter."""
 
     def __init__(self) -> None:
-        self._pid = 0
-        self._prefix = ""
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        self.pid = os.getpid()  # for the log lines, without a getpid() per request
+        self._prefix = uuid.uuid4().hex[:20]
         self._count = itertools.count()
 
     def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid, self._prefix = os.getpid(), uuid.uuid4().hex[:20]
         return f"req_{self._prefix}{next(self._count):012x}"
 
 
@@ -311,7 +313,7 @@ class MeteredCall:
             orjson.dumps(
                 {
                     "request_id": self.request_id,
-                    "pid": os.getpid(),
+                    "pid": REQUEST_IDS.pid,
                     "account_id": self.owner.account_id,
                     "model": self.model.name,
                     "provider": self.provider,

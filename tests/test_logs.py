@@ -1,4 +1,4 @@
-"""The server's log handler: request lines are buffered briefly, warnings are not."""
+"""Server log lines: buffered briefly (warnings not); the request ids and pid they carry."""
 
 from __future__ import annotations
 
@@ -38,3 +38,21 @@ def test_outside_an_event_loop_every_line_is_written(capfd):
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def test_request_ids_are_unique_and_a_forked_worker_draws_its_own_prefix():
+    import os
+
+    from proxy.metered import REQUEST_IDS
+
+    ids = {REQUEST_IDS.next() for _ in range(1000)}
+    assert len(ids) == 1000
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report its first id and its pid as seen by the log lines
+        os.write(write, f"{REQUEST_IDS.next()} {REQUEST_IDS.pid}".encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    child_id, child_pid = os.read(read, 200).decode().split()
+    assert int(child_pid) == child and child_pid != str(os.getpid())
+    assert child_id[:24] != next(iter(ids))[:24]  # another prefix: no collision across workers

@@ -59,6 +59,18 @@ class Charge:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation asked for before a request goes upstream."""
+
+    request_id: str
+    account_id: int
+    amount: int
+    model: str
+    provider: str
+    ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     id: int
     account_id: int
@@ -71,15 +83,37 @@ class Grant:
 
 GRANT_COLUMNS = "id, account_id, amount, source, reference, reason, created_at"
 
+# Reserves a batch of holds in one statement. Per account, holds are granted in the order
+# they came while the running sum fits the free balance (balance - held): a prefix.
+# Accounts are locked in id order, so two batches never wait on each other in a cycle.
 _HOLD = """
-WITH reserved AS (
-    UPDATE accounts SET held = held + $2
-    WHERE id = $1 AND NOT disabled AND balance - held >= $2
-    RETURNING id
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                         $6::float8[])
+        WITH ORDINALITY AS t(request_id, account_id, amount, model, provider, ttl, position)
+), locked AS (
+    SELECT id, balance - held AS free FROM accounts
+    WHERE id IN (SELECT account_id FROM batch) AND NOT disabled
+    ORDER BY id FOR UPDATE
+), granted AS (
+    SELECT r.* FROM (
+        SELECT b.*, sum(b.amount) OVER (PARTITION BY b.account_id ORDER BY b.position)
+                    AS running
+        FROM batch b
+    ) r JOIN locked l ON l.id = r.account_id
+    WHERE r.running <= l.free
+), reserved AS (
+    UPDATE accounts SET held = accounts.held + g.total
+    FROM (SELECT account_id, sum(amount)::bigint AS total FROM granted GROUP BY account_id) g
+    WHERE accounts.id = g.account_id
+), inserted AS (
+    INSERT INTO holds (request_id, account_id, amount, model, provider, expires_at)
+    SELECT request_id, account_id, amount, model, provider, now() + make_interval(secs => ttl)
+    FROM granted
+    RETURNING request_id
 )
-INSERT INTO holds (request_id, account_id, amount, model, provider, expires_at)
-SELECT $3, id, $2, $4, $5, now() + make_interval(secs => $6) FROM reserved
-RETURNING request_id
+SELECT b.request_id, i.request_id IS NOT NULL AS granted, l.id IS NOT NULL AS open
+FROM batch b LEFT JOIN inserted i USING (request_id) LEFT JOIN locked l ON l.id = b.account_id
 """
 
 # Settles a batch in one statement: releases the holds, appends the charges and debits
@@ -212,21 +246,35 @@ class Ledger:
 
     # --- holds and settlement -------------------------------------------------------
 
-    async def hold(
-        self,
-        request_id: str,
-        account_id: int,
-        amount: int,
-        *,
-        model: str,
-        provider: str,
-        ttl_seconds: float,
-    ) -> bool:
-        """Reserve `amount` if the account's free balance covers it."""
-        held = await self.pool.fetchval(
-            _HOLD, account_id, amount, request_id, model, provider, float(ttl_seconds)
-        )
-        return held is not None
+    async def hold_many(self, holds: list[Hold]) -> set[str]:
+        """Reserve a batch; the request ids granted. The outcome is the same as holding
+        them one after another in this order."""
+        granted: set[str] = set()
+        pending = holds
+        while pending:
+            columns = [
+                [h.request_id for h in pending],
+                [h.account_id for h in pending],
+                [h.amount for h in pending],
+                [h.model for h in pending],
+                [h.provider for h in pending],
+                [h.ttl_seconds for h in pending],
+            ]
+            rows = await _fetch_past_deadlocks(self.pool, _HOLD, *columns)
+            outcome = {row["request_id"]: (row["granted"], row["open"]) for row in rows}
+            # Each account's first refusal is final: everything before it was granted. The
+            # holds after it were judged against it too, so they are asked again alone.
+            retry, refused_accounts = [], set()
+            for hold in pending:
+                won, open_account = outcome[hold.request_id]
+                if won:
+                    granted.add(hold.request_id)
+                elif open_account and hold.account_id in refused_accounts:
+                    retry.append(hold)
+                else:
+                    refused_accounts.add(hold.account_id)
+            pending = retry
+        return granted
 
     async def extend_hold(self, request_id: str, account_id: int, amount: int) -> bool:
         """Reserve `amount` more for a request in flight, if the free balance covers it."""
@@ -262,7 +310,7 @@ class Ledger:
         Returns the account's balance after the batch for each request that had a hold.
         """
         columns = [list(column) for column in zip(*(c.columns() for c in charges), strict=True)]
-        rows = await self.pool.fetch(_SETTLE, *columns)
+        rows = await _fetch_past_deadlocks(self.pool, _SETTLE, *columns)
         return {row["request_id"]: row["balance"] for row in rows}
 
     async def renew_holds(self, request_ids: list[str], ttl_seconds: float) -> None:
@@ -282,3 +330,23 @@ class Ledger:
 
 class _Rollback(Exception):
     pass
+
+
+_DEADLOCK_ATTEMPTS = 3
+
+
+async def _fetch_past_deadlocks(
+    pool: asyncpg.Pool | asyncpg.Connection, statement: str, *args: object
+) -> list[asyncpg.Record]:
+    """Run a batch statement, again if PostgreSQL broke a deadlock by aborting it.
+
+    A settlement batch updates its accounts in no fixed order, so it can meet a hold batch
+    (or another settlement batch, from another process) in a lock cycle. The aborted
+    statement changed nothing, so running it again is safe.
+    """
+    for _ in range(_DEADLOCK_ATTEMPTS - 1):
+        try:
+            return await pool.fetch(statement, *args)
+        except asyncpg.DeadlockDetectedError:
+            continue
+    return await pool.fetch(statement, *args)

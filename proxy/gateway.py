@@ -15,9 +15,9 @@ import asyncpg
 from aiohttp import web
 
 from billing.accounts import Accounts, KeyOwner, hash_key
+from billing.batches import HoldQueue, SettlementQueue
 from billing.ledger import LEDGER_UNAVAILABLE, Ledger
 from billing.settings import Settings, load_settings
-from billing.settlement import SettlementQueue
 from metering import metrics
 from metering.tokens import TokenCounter
 from proxy.bodies import bearer_token
@@ -97,6 +97,7 @@ class Gateway:
     def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.ledger = Ledger(pool)
+        self.holds = HoldQueue(self.ledger)
         self.settlements = SettlementQueue(self.ledger)
         self.accounts = Accounts(pool)
         self.callers = CallerCache(config.server.auth_cache_seconds)

@@ -16,7 +16,7 @@ from typing import TypeVar
 import orjson
 
 from billing.accounts import KeyOwner
-from billing.ledger import LEDGER_UNAVAILABLE, Charge
+from billing.ledger import LEDGER_UNAVAILABLE, Charge, Hold
 from billing.money import micro_to_credits
 from billing.rates import ImagePrice, ImageRate, Rate, TextRate
 from metering import metrics
@@ -149,13 +149,15 @@ class MeteredCall:
         task = gateway.inflight.spawn(
             timed(
                 "hold",
-                gateway.ledger.hold(
-                    self.request_id,
-                    self.owner.account_id,
-                    amount,
-                    model=self.model.name,
-                    provider=self.provider,
-                    ttl_seconds=gateway.config.server.hold_ttl_seconds,
+                gateway.holds.hold(
+                    Hold(
+                        self.request_id,
+                        self.owner.account_id,
+                        amount,
+                        self.model.name,
+                        self.provider,
+                        gateway.config.server.hold_ttl_seconds,
+                    )
                 ),
             )
         )

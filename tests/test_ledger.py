@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from billing.ledger import Charge, Ledger
-from billing.settlement import SettlementQueue
+from billing.batches import HoldQueue, SettlementQueue
+from billing.ledger import Charge, Hold, Ledger
 from metering.usage import Usage, UsageSource
 
 
@@ -29,8 +29,8 @@ def charge(request_id: str, credits: int) -> Charge:
 
 
 async def hold(ledger, request_id: str, account_id: int, amount: int, ttl: float = 60) -> bool:
-    return await ledger.hold(
-        request_id, account_id, amount, model="m", provider="p", ttl_seconds=ttl
+    return request_id in await ledger.hold_many(
+        [Hold(request_id, account_id, amount, "m", "p", ttl)]
     )
 
 
@@ -140,11 +140,90 @@ class CountingLedger:
     def __init__(self, ledger, fail_first: bool = False) -> None:
         self.ledger, self.batches, self.fail_first = ledger, [], fail_first
 
-    async def settle_many(self, charges):
-        self.batches.append(len(charges))
+    def _count(self, size: int) -> None:
+        self.batches.append(size)
         if self.fail_first and len(self.batches) == 1:
             raise ConnectionResetError("the database went away")
+
+    async def settle_many(self, charges):
+        self._count(len(charges))
         return await self.ledger.settle_many(charges)
+
+    async def hold_many(self, holds):
+        self._count(len(holds))
+        return await self.ledger.hold_many(holds)
+
+
+def new_hold(request_id: str, account_id: int, amount: int) -> Hold:
+    return Hold(request_id, account_id, amount, "m", "p", 60.0)
+
+
+async def test_a_batch_of_holds_grants_what_one_after_another_would(harness):
+    account_id, _ = await harness.account("0.000012")  # 12 micro-credits
+    other_id, _ = await harness.account("0.000005")
+    disabled_id, _ = await harness.account("1")
+    await harness.ledger.pool.execute(
+        "UPDATE accounts SET disabled = true WHERE id = $1", disabled_id
+    )
+    batch = [
+        new_hold(f"hb-a-{account_id}", account_id, 5),  # fits: 7 left
+        new_hold(f"hb-b-{account_id}", account_id, 10),  # does not fit
+        new_hold(f"hb-x-{other_id}", other_id, 5),  # another account: fits exactly
+        new_hold(f"hb-c-{account_id}", account_id, 3),  # fits after all: 4 left
+        new_hold(f"hb-d-{account_id}", account_id, 4),  # fits: 0 left
+        new_hold(f"hb-e-{account_id}", account_id, 1),  # nothing left
+        *(new_hold(f"hb-off-{disabled_id}-{n}", disabled_id, 1) for n in range(3)),
+    ]
+    granted = await harness.ledger.hold_many(batch)
+    assert granted == {f"hb-{k}-{account_id}" for k in "acd"} | {f"hb-x-{other_id}"}
+    assert await harness.balance(account_id) == (12, 12)
+    assert await harness.balance(other_id) == (5, 5)
+    assert await harness.balance(disabled_id) == (1_000_000, 0)
+    for account in (account_id, other_id, disabled_id):
+        await harness.assert_invariant(account)
+
+
+async def test_a_hold_batch_that_dies_before_commit_reserves_nothing(harness):
+    account_id, _ = await harness.account("1")
+    batch = [new_hold(f"hc-{account_id}-{n}", account_id, 1000) for n in range(10)]
+    async with harness.ledger.pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        assert len(await Ledger(conn).hold_many(batch)) == 10
+        await transaction.rollback()
+    assert await harness.balance(account_id) == (1_000_000, 0)
+    assert len(await harness.ledger.hold_many(batch)) == 10
+    assert await harness.balance(account_id) == (1_000_000, 10_000)
+    await harness.assert_invariant(account_id)
+
+
+async def test_concurrent_holds_share_batches_and_never_overdraw(harness):
+    account_id, _ = await harness.account("0.005")  # covers 50 holds of 100
+    counting = CountingLedger(harness.ledger)
+    queue = HoldQueue(counting)
+    results = await asyncio.gather(
+        *(queue.hold(new_hold(f"hq-{account_id}-{n}", account_id, 100)) for n in range(200))
+    )
+    assert results.count(True) == 50
+    assert results[:50] == [True] * 50  # in the order they came
+    assert sum(counting.batches) >= 200
+    assert len(counting.batches) < 200 / 4, counting.batches  # batched, not one by one
+    assert await harness.balance(account_id) == (5000, 5000)
+    await harness.assert_invariant(account_id)
+
+
+async def test_a_failed_hold_batch_fails_its_requests_and_reserves_nothing(harness):
+    account_id, _ = await harness.account("1")
+    queue = HoldQueue(CountingLedger(harness.ledger, fail_first=True))
+    holds = [new_hold(f"hf-{account_id}-{n}", account_id, 100) for n in range(20)]
+    outcomes = await asyncio.gather(*(queue.hold(h) for h in holds), return_exceptions=True)
+    failed = [h for h, o in zip(holds, outcomes, strict=True) if isinstance(o, Exception)]
+    assert failed and all(o is True for o in outcomes if not isinstance(o, Exception))
+    _, held = await harness.balance(account_id)
+    assert held == 100 * (20 - len(failed))  # the failed batch reserved nothing
+    assert all(await asyncio.gather(*(queue.hold(h) for h in failed)))  # and may be retried
+    assert await harness.balance(account_id) == (1_000_000, 2000)
+    await harness.assert_invariant(account_id)
 
 
 async def test_concurrent_settlements_share_batches_and_lose_nothing(harness):

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from metering import metrics
-from metering.tokens import TokenCounter
+from metering.tokens import TokenCounter, count_json_text
 from metering.usage import NO_USAGE, Usage
 from proxy.bodies import read_json_object
 from proxy.config import Deployment, ModelConfig
@@ -265,6 +265,24 @@ class Surface(ABC):
 
 
 _MODEL_KEY = web.RequestKey("model", ModelConfig)
+
+
+def text_ask(
+    payload: dict[str, Any],
+    model: ModelConfig,
+    counter: TokenCounter,
+    prompt_fields: tuple[str, ...],
+    output_tokens: int,
+) -> Ask:
+    """The Ask of a text API whose prompt is the text in `prompt_fields` of its body."""
+    return Ask(
+        model=model,
+        payload=payload,
+        counter=counter,
+        prompt_tokens=sum(count_json_text(counter, payload.get(key)) for key in prompt_fields),
+        stream=stream_flag(payload),
+        output_tokens=output_tokens,
+    )
 
 
 def positive_int(payload: dict[str, Any], key: str) -> int | None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from metering.anthropic import AnthropicStreamMeter, usage_from_message
-from metering.tokens import TokenCounter, count_json_text
+from metering.tokens import TokenCounter
 from metering.usage import Usage
 from proxy.config import ModelConfig
 from proxy.errors import WireFormat, bad_request
-from proxy.exchange import Ask, Exchange, Surface, json_or_none, positive_int, stream_flag
+from proxy.exchange import Ask, Exchange, Surface, json_or_none, positive_int, text_ask
 from proxy.relay import EventTransform, StreamMeter
 from proxy.upstream import Operation
 
@@ -41,14 +41,4 @@ class Messages(Surface):
         system = payload.get("system")
         if system is not None and not isinstance(system, str | list):
             raise bad_request("system: a string or a list of text blocks.", param="system")
-        prompt = sum(
-            count_json_text(counter, payload.get(key)) for key in ("system", "messages", "tools")
-        )
-        return Ask(
-            model=model,
-            payload=payload,
-            counter=counter,
-            prompt_tokens=prompt,
-            stream=stream_flag(payload),
-            output_tokens=max_tokens,
-        )
+        return text_ask(payload, model, counter, ("system", "messages", "tools"), max_tokens)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from metering.openai_responses import ResponsesStreamMeter, usage_from_response_body
-from metering.tokens import TokenCounter, count_json_text
+from metering.tokens import TokenCounter
 from metering.usage import Usage
 from proxy.config import ModelConfig
 from proxy.errors import WireFormat, bad_request
-from proxy.exchange import Ask, Exchange, Surface, json_or_none, positive_int, stream_flag
+from proxy.exchange import Ask, Exchange, Surface, json_or_none, positive_int, text_ask
 from proxy.relay import EventTransform, StreamMeter
 from proxy.upstream import Operation
 
@@ -39,14 +39,5 @@ class Responses(Surface):
         if payload.get("background"):
             # The answer would arrive after the request, out of reach of its settlement.
             raise bad_request("Background responses are not served here.", param="background")
-        prompt = sum(
-            count_json_text(counter, payload.get(key)) for key in ("instructions", "input", "tools")
-        )
-        return Ask(
-            model=model,
-            payload=payload,
-            counter=counter,
-            prompt_tokens=prompt,
-            stream=stream_flag(payload),
-            output_tokens=positive_int(payload, "max_output_tokens") or model.max_output_tokens,
-        )
+        output_tokens = positive_int(payload, "max_output_tokens") or model.max_output_tokens
+        return text_ask(payload, model, counter, ("instructions", "input", "tools"), output_tokens)

@@ -70,6 +70,30 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on this machine: the ledger's server, embedded or not."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue  # it ended meanwhile
+    return pids
+
+
+def cpu_of_live(pids: list[int]) -> float:
+    """CPU seconds of those of `pids` that still run."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds([pid])
+        except OSError:
+            continue
+    return total
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -144,12 +168,15 @@ def start_creditgate(workdir: Path, upstream: int, workers: int) -> Target:
 def measure(target: Target, kind: str, connections: int, seconds: float) -> dict:
     pids = target.pids()
     cpu, client, (busy, ticks) = cpu_seconds(pids), os.times(), machine_ticks()
+    database = postgres_pids()
+    database_cpu = cpu_of_live(database)
     results: Results = asyncio.run(
         run(
             "127.0.0.1", target.port, target.request(kind), connections=connections, seconds=seconds
         )
     )
     cpu = cpu_seconds(pids) - cpu
+    database_cpu = cpu_of_live(database) - database_cpu
     after = os.times()
     client_cpu = after.user + after.system - client.user - client.system
     busy_after, ticks_after = machine_ticks()
@@ -167,6 +194,7 @@ def measure(target: Target, kind: str, connections: int, seconds: float) -> dict
         # The load client's own CPU, and how busy the whole machine was meanwhile: with
         # every core busy, another worker has no core to run on.
         "client_cpu_ms_per_request": round(client_cpu * 1000 / max(results.requests, 1), 3),
+        "postgres_cpu_ms_per_request": round(database_cpu * 1000 / max(results.requests, 1), 3),
         "machine_busy_percent": round(100 * (busy_after - busy) / max(ticks_after - ticks, 1), 1),
         "peak_rss_mb": round(max(rss_mb(pid) for pid in pids), 1),
     }
@@ -202,6 +230,7 @@ def table(rows: list[dict]) -> str:
         "p99_ms",
         "ttfb_p50_ms",
         "cpu_ms_per_request",
+        "postgres_cpu_ms_per_request",
         "peak_rss_mb",
         "machine_busy_percent",
         "errors",

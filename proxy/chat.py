@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -49,6 +50,19 @@ class OpenAIChat(Exchange):
         return meter, HiddenUsage(meter) if self._hide_usage else None
 
 
+# Chat parameters Messages cannot honour, and the values that would need it. Sampling
+# hints without an equivalent (seed, penalties) are dropped: they never change the form
+# of an answer, while these would, so a caller relying on them gets a 400 instead.
+_UNTRANSLATABLE: dict[str, Callable[[Any], bool]] = {
+    "response_format": lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"),
+    "logprobs": bool,
+    "top_logprobs": lambda v: v is not None,
+    "logit_bias": bool,
+    "audio": lambda v: v is not None,
+    "modalities": lambda v: v not in (None, ["text"]),
+}
+
+
 class ChatOverMessages(Exchange):
     """Chat Completions served by Anthropic: translated there and back."""
 
@@ -59,6 +73,13 @@ class ChatOverMessages(Exchange):
         payload = ask.payload
         if (payload.get("n") or 1) != 1:
             raise bad_request("This model answers one choice: 'n' must be 1.", param="n")
+        for key, unsupported in _UNTRANSLATABLE.items():
+            if unsupported(payload.get(key)):
+                raise bad_request(
+                    f"'{key}' cannot be honoured by {ask.model.name!r}, which is served "
+                    "through Anthropic's Messages API.",
+                    param=key,
+                )
         self._request = messages_request(payload, ask.model.upstream, ask.output_tokens)
 
     def body(self, deployment: Deployment) -> dict[str, Any]:

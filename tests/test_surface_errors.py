@@ -139,6 +139,10 @@ async def test_a_messages_stream_out_of_credit_ends_with_an_error_the_sdk_raises
          "invalid_request"),
         ("/v1/chat/completions", {"model": "claude", "messages": HI, "tools": [{}]}, 400,
          "invalid_request"),
+        ("/v1/chat/completions", {"model": "claude", "messages": HI,
+         "response_format": {"type": "json_object"}}, 400, "invalid_request"),
+        ("/v1/chat/completions", {"model": "claude", "messages": HI, "logprobs": True}, 400,
+         "invalid_request"),
     ],
 )  # fmt: skip
 async def test_openai_surfaces_reject_bad_input_in_openais_shape(harness, path, body, status, code):
@@ -163,3 +167,16 @@ async def test_a_model_on_the_wrong_surface_is_told_where_to_go(harness):
         {"x-api-key": key},
     )  # fmt: skip
     assert "openai" in error["error"]["message"] and "/v1/messages" in error["error"]["message"]
+
+
+async def test_neutral_chat_parameters_reach_anthropic_without_an_error(harness):
+    _, key = await harness.account()
+    got, _ = await post(
+        harness,
+        "/v1/chat/completions",
+        {"model": "claude", "messages": HI, "seed": 7, "presence_penalty": 0,
+         "logprobs": False, "response_format": {"type": "text"}},
+        {"Authorization": f"Bearer {key}"},
+    )  # fmt: skip
+    assert got == 200
+    assert "seed" not in harness.upstream.requests[-1]

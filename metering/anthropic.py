@@ -72,7 +72,9 @@ def _block_text(block: Any) -> list[str]:
 class AnthropicStreamMeter:
     """Watches a Messages stream: the usage it reports, and its output for counting."""
 
-    __slots__ = ("_counter", "_input", "_pieces", "_started", "final_output", "output_tokens")
+    __slots__ = (
+        "_counter", "_input", "_pieces", "_started", "failed", "final_output", "output_tokens",
+    )  # fmt: skip
 
     def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
@@ -81,6 +83,7 @@ class AnthropicStreamMeter:
         self._pieces: list[str] = []
         self.final_output: int | None = None  # message_delta's cumulative output_tokens
         self.output_tokens = 0  # running estimate, for the hold
+        self.failed = False  # an `error` event came
 
     def observe(self, data: bytes) -> bool:
         try:
@@ -103,6 +106,9 @@ class AnthropicStreamMeter:
             if isinstance(usage, dict):
                 self._input.update(usage)
                 self._started = True
+            return
+        elif kind == "error":
+            self.failed = True
             return
         elif kind == "message_delta":
             usage = event.get("usage")

@@ -61,13 +61,14 @@ class ChatStreamMeter:
     (each piece counted on its own) used to keep the stream within its hold.
     """
 
-    __slots__ = ("_counter", "_pieces", "output_tokens", "upstream_usage")
+    __slots__ = ("_counter", "_pieces", "failed", "output_tokens", "upstream_usage")
 
     def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
         self._pieces: dict[int, list[str]] = {}  # by choice index
         self.output_tokens = 0
         self.upstream_usage: Usage | None = None
+        self.failed = False  # the provider reported an error inside the stream
 
     def observe(self, data: bytes) -> bool:
         """Meter one payload; True when it is a usage-only chunk (no choices)."""
@@ -79,6 +80,8 @@ class ChatStreamMeter:
             return False
         if not isinstance(chunk, dict):
             return False
+        if "error" in chunk:
+            self.failed = True
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:

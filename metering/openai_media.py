@@ -43,20 +43,26 @@ def usage_from_images(body: Any) -> Usage:
 class ImageStreamMeter:
     """An image generation stream: each `image_generation.completed` event is an image."""
 
-    __slots__ = ("images", "output_tokens")
+    __slots__ = ("failed", "images", "output_tokens")
 
     def __init__(self) -> None:
         self.images = 0
         self.output_tokens = 0  # images are held whole; nothing to cover as it streams
+        self.failed = False
 
     def observe(self, data: bytes) -> bool:
-        if b"image_generation.completed" in data:  # skip decoding the partial images
+        # Only these events are decoded: the partial images are large, and base64 never
+        # holds a quote, so a quoted name found in the bytes is a JSON key or value.
+        if b'"image_generation.completed"' in data or b'"error"' in data:
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
                 return False
-            if isinstance(event, dict) and event.get("type") == "image_generation.completed":
-                self.images += 1
+            if isinstance(event, dict):
+                if event.get("type") == "image_generation.completed":
+                    self.images += 1
+                elif event.get("type") == "error" or "error" in event:
+                    self.failed = True
         return False
 
     def usage(self, prompt_tokens: int) -> Usage:

@@ -67,13 +67,14 @@ def _output_text(output: Any) -> list[str]:
 
 
 class ResponsesStreamMeter:
-    __slots__ = ("_counter", "_pieces", "output_tokens", "upstream_usage")
+    __slots__ = ("_counter", "_pieces", "failed", "output_tokens", "upstream_usage")
 
     def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
         self._pieces: list[str] = []
         self.output_tokens = 0
         self.upstream_usage: Usage | None = None
+        self.failed = False  # an `error` or `response.failed` event came
 
     def observe(self, data: bytes) -> bool:
         try:
@@ -88,7 +89,10 @@ class ResponsesStreamMeter:
             if isinstance(delta, str) and delta:
                 self._pieces.append(delta)
                 self.output_tokens += self._counter.count(delta)
+        elif kind == "error":
+            self.failed = True
         elif kind in _FINAL_EVENTS:
+            self.failed = kind == "response.failed"
             response = event.get("response")
             if isinstance(response, dict):
                 self.upstream_usage = usage_from_responses(response.get("usage"))

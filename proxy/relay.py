@@ -25,6 +25,7 @@ from proxy.upstream import UPSTREAM_FAILURES, UpstreamReply
 
 class StreamMeter(Protocol):
     output_tokens: int  # a running estimate, kept within the hold
+    failed: bool  # the provider reported an error inside the stream
 
     def observe(self, data: bytes) -> bool:
         """Meter one `data:` payload; True when it is a usage-only chunk."""
@@ -146,7 +147,7 @@ class StreamRelay:
             await response.write_eof()
         except ConnectionResetError:
             return response
-        self.outcome = Outcome.OK
+        self.outcome = Outcome.UPSTREAM_ERROR if self.meter.failed else Outcome.OK
         return response
 
     async def _admit(self, parser: SSEParser, chunk: bytes) -> tuple[bytes, bool]:

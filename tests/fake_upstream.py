@@ -32,6 +32,7 @@ class FakeUpstream:
     error_body: bytes = b""
     reset: bool = False  # close the connection without an answer
     answer_delay: float = 0.0  # seconds before the response headers
+    error_after: int | None = None  # Anthropic: end with an error event after this many
     # Anthropic: the content blocks of a message (text or tool_use), its cache usage,
     # and the cumulative output_tokens of each message_delta event it sends.
     blocks: list[dict[str, Any]] = field(
@@ -181,6 +182,10 @@ class FakeUpstream:
                     for i in range(0, len(arguments), 7)
                 ]  # fmt: skip
             events.append(event("content_block_stop", index=index))
+        if self.error_after is not None:
+            failure = {"type": "overloaded_error", "message": "Overloaded"}
+            events = [*events[: self.error_after], event("error", error=failure)]
+            return await self._send_events(request, events)
         for count in self.output_counts:
             events.append(
                 event("message_delta", delta={"stop_reason": self._stop_reason(),

@@ -10,6 +10,7 @@ import aiohttp
 import anthropic
 import openai
 import orjson
+import pytest
 
 from metering.tokens import TokenCounter
 from tests.conftest import Harness
@@ -233,6 +234,40 @@ async def test_openai_sdk_gets_a_whole_chat_completion_from_an_anthropic_model(h
     await harness.settled()
     [charge] = await harness.charges(account_id)
     assert charge["credits"] == micro((17, "4"), (9, "20"))
+
+
+async def test_an_error_inside_a_messages_stream_reaches_the_sdk_and_the_charge(harness):
+    account_id, key = await harness.account()
+    harness.upstream.error_after = 5  # message_start, ping, block start, "Hello", " from"
+    text = ""
+    with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+        async with claude_client(harness, key).messages.stream(
+            model="claude", max_tokens=100, messages=MESSAGES
+        ) as stream:
+            async for piece in stream.text_stream:
+                text += piece
+    assert text == "Hello from"
+    await harness.settled()
+    [charge] = await harness.charges(account_id)
+    assert (charge["outcome"], charge["usage_source"]) == ("upstream_error", "counted")
+    counted = TokenCounter("cl100k_base").count("Hello from")
+    assert charge["output_tokens"] == counted
+    assert charge["input_tokens"] == 17  # message_start's count, the provider's
+    assert charge["credits"] == micro((17, "4"), (counted, "20"))
+
+
+async def test_an_error_inside_an_anthropic_stream_reaches_a_chat_caller(harness):
+    account_id, key = await harness.account()
+    harness.upstream.error_after = 4
+    stream = await openai_client(harness, key).chat.completions.create(
+        model="claude", messages=MESSAGES, stream=True
+    )
+    with pytest.raises(openai.APIError, match="Overloaded"):
+        async for _ in stream:
+            pass
+    await harness.settled()
+    [charge] = await harness.charges(account_id)
+    assert charge["outcome"] == "upstream_error"
 
 
 async def test_anthropic_refusal_reaches_a_chat_caller_as_an_openai_error(harness):

@@ -91,3 +91,21 @@ def test_embedding_inputs_and_image_replies():
     assert embedding_input_tokens(COUNTER, [[1, 2], [3]]) == 3
     assert usage_from_images({"data": [{}, {}]}).images == 2
     assert usage_from_images({"error": {}}).images == 0
+
+
+def test_meters_notice_an_error_inside_the_stream():
+    from metering.openai_chat import ChatStreamMeter
+    from metering.openai_media import ImageStreamMeter
+
+    responses = ResponsesStreamMeter(COUNTER)
+    feed(responses, {"type": "response.failed", "response": {"usage": None}})
+    chat = ChatStreamMeter(COUNTER)
+    chat.observe(orjson.dumps({"error": {"message": "boom"}}))
+    images = ImageStreamMeter()
+    images.observe(orjson.dumps({"type": "error", "error": {"message": "boom"}}))
+    anthropic = AnthropicStreamMeter(COUNTER)
+    feed(anthropic, {"type": "error", "error": {"type": "overloaded_error"}})
+    assert responses.failed and chat.failed and images.failed and anthropic.failed
+    fine = ResponsesStreamMeter(COUNTER)
+    feed(fine, {"type": "response.completed", "response": {"usage": None}})
+    assert not fine.failed

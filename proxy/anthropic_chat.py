@@ -121,8 +121,8 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return translated
 
 
-def messages_request(payload: dict[str, Any], upstream: str, max_tokens: int) -> dict[str, Any]:
-    """A Chat Completions request as a Messages request for the model `upstream`."""
+def messages_request(payload: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """A Chat Completions request as a Messages request (its model is the deployment's)."""
     system: list[str] = []
     messages: list[dict[str, Any]] = []
 
@@ -155,7 +155,7 @@ def messages_request(payload: dict[str, Any], upstream: str, max_tokens: int) ->
         else:
             raise bad_request(f"Unknown message role {role!r}.", param="messages")
 
-    request: dict[str, Any] = {"model": upstream, "messages": messages, "max_tokens": max_tokens}
+    request: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens}
     if system:
         request["system"] = "\n\n".join(system)
     for key in ("temperature", "top_p"):

@@ -80,7 +80,7 @@ class ChatOverMessages(Exchange):
                     "through Anthropic's Messages API.",
                     param=key,
                 )
-        self._request = messages_request(payload, ask.model.upstream, ask.output_tokens)
+        self._request = messages_request(payload, ask.output_tokens)
 
     def body(self, deployment: Deployment) -> dict[str, Any]:
         return {**self._request, "model": deployment.upstream}

@@ -142,10 +142,6 @@ class ModelConfig:
         """The first deployment's provider: the model's label before one is chosen."""
         return self.deployments[0].provider
 
-    @property
-    def upstream(self) -> str:
-        return self.deployments[0].upstream
-
 
 @dataclass(frozen=True, slots=True)
 class Config:

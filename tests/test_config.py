@@ -43,7 +43,7 @@ def test_interpolation_defaults_and_exact_decimals(tmp_path, monkeypatch):
     assert provider.credentials == {"default": "sk-123"}
     assert provider.base_url == "http://127.0.0.1:9/v1"
     model = config.models["m"]
-    assert model.upstream == "m"
+    assert model.deployments[0].upstream == "m"
     assert model.rate.cost.input == Decimal("0.1")  # unquoted, yet not a float
     assert model.rate.price.output == Decimal("1.2")
     assert config.database.embedded_dir == tmp_path / "var" / "pgdata"

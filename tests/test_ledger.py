@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import asyncpg
+
 from billing.batches import HoldQueue, SettlementQueue
 from billing.ledger import Charge, Hold, Ledger
 from metering.usage import Usage, UsageSource
@@ -260,3 +262,28 @@ async def test_a_failed_batch_fails_its_requests_and_a_resubmission_settles_them
     assert await harness.balance(account_id) == (1_000_000 - 100, 0)
     assert len(await harness.charges(account_id)) == 20
     await harness.assert_invariant(account_id)
+
+
+async def test_a_hold_batch_caught_in_a_deadlock_is_run_again(harness):
+    """Another transaction locks the batch's second account, then asks for its first:
+    PostgreSQL aborts one of the two, and the batch, run again, grants both holds."""
+    first, _ = await harness.account("1")
+    second, _ = await harness.account("1")
+    assert first < second  # the batch locks accounts in id order
+    batch = [new_hold(f"hd-{first}", first, 10), new_hold(f"hd-{second}", second, 10)]
+    touch = "UPDATE accounts SET held = held WHERE id = $1"
+    pool = harness.ledger.pool
+    async with pool.acquire() as other, pool.acquire() as batch_conn:
+        transaction = other.transaction()
+        await transaction.start()
+        await other.execute(touch, second)
+        holding = asyncio.create_task(Ledger(batch_conn).hold_many(batch))
+        await asyncio.sleep(0.3)  # the batch has locked the first account, waits for the second
+        try:
+            await other.execute(touch, first)  # the cycle
+        except asyncpg.DeadlockDetectedError:
+            pass  # PostgreSQL chose this side to abort
+        await transaction.rollback()
+        assert await asyncio.wait_for(holding, 10) == {h.request_id for h in batch}
+    assert await harness.balance(first) == (1_000_000, 10)
+    assert await harness.balance(second) == (1_000_000, 10)

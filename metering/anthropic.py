@@ -13,11 +13,7 @@ from typing import Any
 import orjson
 
 from metering.tokens import TokenCounter
-from metering.usage import Usage, UsageSource
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
+from metering.usage import Usage, UsageSource, token_count
 
 
 class _InputUsage:
@@ -29,11 +25,11 @@ class _InputUsage:
     def update(self, usage: dict[str, Any]) -> None:
         """Take the counts a usage object has; absent ones keep their last value."""
         if isinstance(usage.get("input_tokens"), int):
-            self.input = _int(usage["input_tokens"])
+            self.input = token_count(usage["input_tokens"])
         if isinstance(usage.get("cache_read_input_tokens"), int):
-            self.cache_read = _int(usage["cache_read_input_tokens"])
+            self.cache_read = token_count(usage["cache_read_input_tokens"])
         if isinstance(usage.get("cache_creation_input_tokens"), int):
-            self.cache_write = _int(usage["cache_creation_input_tokens"])
+            self.cache_write = token_count(usage["cache_creation_input_tokens"])
 
     def usage(self, output_tokens: int, source: UsageSource) -> Usage:
         return Usage(
@@ -51,7 +47,7 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
         return None
     counts = _InputUsage()
     counts.update(usage)
-    return counts.usage(_int(usage["output_tokens"]), UsageSource.UPSTREAM)
+    return counts.usage(token_count(usage["output_tokens"]), UsageSource.UPSTREAM)
 
 
 def _block_text(block: Any) -> list[str]:
@@ -115,7 +111,7 @@ class AnthropicStreamMeter:
             if isinstance(usage, dict):
                 self._input.update(usage)  # newer streams repeat the input counts here
                 if isinstance(usage.get("output_tokens"), int):
-                    self.final_output = _int(usage["output_tokens"])
+                    self.final_output = token_count(usage["output_tokens"])
             return
         else:
             return

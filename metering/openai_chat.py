@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from metering.tokens import TokenCounter
-from metering.usage import Usage, UsageSource
+from metering.usage import Usage, UsageSource, token_count
 
 DONE = b"[DONE]"
 
@@ -25,14 +25,10 @@ def usage_from_openai(usage: Any) -> Usage | None:
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
-        cached_tokens=_int(prompt_details.get("cached_tokens")),
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        cached_tokens=token_count(prompt_details.get("cached_tokens")),
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")),
         source=UsageSource.UPSTREAM,
     )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 def _output_text(message: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from metering.tokens import TokenCounter
-from metering.usage import Usage, UsageSource
+from metering.usage import Usage, UsageSource, token_count
 
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Events whose `delta` is output text of some kind.
@@ -27,10 +27,6 @@ _DELTA_EVENTS = frozenset(
 )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
-
-
 def usage_from_responses(usage: Any) -> Usage | None:
     """A Responses `usage` object as Usage; None when it is absent or malformed."""
     if not isinstance(usage, dict):
@@ -43,8 +39,8 @@ def usage_from_responses(usage: Any) -> Usage | None:
     return Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        cached_tokens=_int(input_details.get("cached_tokens")),
-        reasoning_tokens=_int(output_details.get("reasoning_tokens")),
+        cached_tokens=token_count(input_details.get("cached_tokens")),
+        reasoning_tokens=token_count(output_details.get("reasoning_tokens")),
         source=UsageSource.UPSTREAM,
     )
 

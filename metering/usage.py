@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class UsageSource(StrEnum):
@@ -28,3 +29,8 @@ class Usage:
 
 
 NO_USAGE = Usage()
+
+
+def token_count(value: Any) -> int:
+    """A count from a provider's usage JSON: the value if it is a positive integer, else 0."""
+    return value if isinstance(value, int) and value > 0 else 0

@@ -113,7 +113,8 @@ class Surface(ABC):
             # Refused before any credit was held; counted under the model only if it is ours.
             model = request.get(_MODEL_KEY)
             outcome = Outcome.INSUFFICIENT_CREDITS if err.status == 402 else Outcome.REJECTED
-            metrics.requests.labels(
+            metrics.child(
+                metrics.requests,
                 model.name if model else "",
                 model.provider if model else "",
                 self.endpoint,
